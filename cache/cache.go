@@ -1,0 +1,340 @@
+// Package cache keeps Polyv tokens in Redis and in a bounded local cache, so
+// that a fleet of instances makes one Polyv call per token. Concurrent misses
+// are merged in-process by singleflight and across the fleet by a Redis lease;
+// stale tokens are refreshed ahead of expiry; Polyv rejections are remembered
+// briefly; Polyv calls are rate limited fleet-wide; and when Redis fails the
+// cache goes on with local state alone until Redis returns.
+package cache
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
+
+	"github.com/tokencache/tokencache/polyv"
+)
+
+// Upstream is what the cache needs from Polyv.
+type Upstream interface {
+	ChatToken(ctx context.Context, req polyv.ChatTokenRequest) (polyv.ChatToken, error)
+	ChannelToken(ctx context.Context, channelID string) (polyv.ChannelToken, error)
+}
+
+var _ Upstream = (*polyv.Client)(nil)
+
+// rediser lists the Redis commands the cache runs. redis.UniversalClient has
+// them all, so a single server, Sentinel and Cluster work alike.
+type rediser interface {
+	redis.Scripter // the lease scripts and the rate limiter
+	Get(ctx context.Context, key string) *redis.StringCmd
+	Del(ctx context.Context, keys ...string) *redis.IntCmd
+	Publish(ctx context.Context, channel string, message any) *redis.IntCmd
+	Subscribe(ctx context.Context, channels ...string) *redis.PubSub
+	Ping(ctx context.Context) *redis.StatusCmd
+	AddHook(hook redis.Hook)
+}
+
+var _ rediser = redis.UniversalClient(nil)
+
+// Options configures a Cache. Zero fields take the defaults noted.
+type Options struct {
+	// Prefix starts every Redis key; it defaults to "tc:".
+	Prefix string
+	// TTL is how long a token is kept, under Polyv's 6h; it defaults to 5h45m.
+	TTL time.Duration
+	// RefreshAfter is the age from which hits refresh in the background; it
+	// defaults to 5h.
+	RefreshAfter time.Duration
+	// NegativeTTL is how long a Polyv rejection is remembered; it defaults to 30s.
+	NegativeTTL time.Duration
+	// LocalSize bounds the local cache in entries; it defaults to 100000, and
+	// a negative value turns the local cache off.
+	LocalSize int
+	// RateLimit is the fleet-wide Polyv calls per second; it defaults to 100.
+	// While Redis is down, each instance allows this many on its own.
+	RateLimit int
+	// LeaseTTL is how long a fetch lease lives without renewal; the holder
+	// renews it while it works, so this bounds how long a dead holder blocks
+	// others. It defaults to 3s.
+	LeaseTTL time.Duration
+	// FillTimeout bounds a shared fetch, whoever waits for it; it defaults to 15s.
+	FillTimeout time.Duration
+	// PollInterval is the mean wait between checks while another instance
+	// fetches, in case its pub/sub wake-up is lost; it defaults to 100ms.
+	PollInterval time.Duration
+	// RefreshBackoff is how long the fleet waits after a failed refresh
+	// before trying again; it defaults to 30s.
+	RefreshBackoff time.Duration
+	// BreakerFailures is how many Redis failures in a row open the circuit;
+	// it defaults to 5.
+	BreakerFailures uint32
+	// BreakerOpenFor is how long the open circuit skips Redis before it
+	// probes again; it defaults to 5s.
+	BreakerOpenFor time.Duration
+	// Now is the clock for token ages; it defaults to time.Now.
+	Now func() time.Time
+	// Metrics defaults to NewMetrics(); register its Collectors.
+	Metrics *Metrics
+}
+
+func (o *Options) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if o.Prefix == "" {
+		o.Prefix = "tc:"
+	}
+	def(&o.TTL, 5*time.Hour+45*time.Minute)
+	def(&o.RefreshAfter, 5*time.Hour)
+	def(&o.NegativeTTL, 30*time.Second)
+	def(&o.LeaseTTL, 3*time.Second)
+	def(&o.FillTimeout, 15*time.Second)
+	def(&o.PollInterval, 100*time.Millisecond)
+	def(&o.RefreshBackoff, 30*time.Second)
+	def(&o.BreakerOpenFor, 5*time.Second)
+	if o.LocalSize == 0 {
+		o.LocalSize = 100000
+	}
+	if o.RateLimit <= 0 {
+		o.RateLimit = 100
+	}
+	if o.BreakerFailures == 0 {
+		o.BreakerFailures = 5
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics()
+	}
+}
+
+// Validate reports every option that breaks the token-state rules.
+func (o Options) Validate() error {
+	var errs []error
+	if o.TTL >= polyv.TokenValidity {
+		errs = append(errs, fmt.Errorf("TTL %v must be under Polyv's token validity of %v", o.TTL, polyv.TokenValidity))
+	}
+	if o.RefreshAfter >= o.TTL {
+		errs = append(errs, fmt.Errorf("RefreshAfter %v must be under TTL %v", o.RefreshAfter, o.TTL))
+	}
+	return errors.Join(errs...)
+}
+
+// Cache serves tokens. It is safe for concurrent use; Close it when done.
+type Cache struct {
+	rdb      rediser
+	upstream Upstream
+	opts     Options
+	metrics  *Metrics
+	id       string // tells this instance's pub/sub messages from others'
+
+	local       *lru.Cache[string, entry] // nil when off
+	refreshGate *lru.Cache[string, time.Time]
+	group       singleflight.Group
+
+	fleetLimiter *redis_rate.Limiter
+	fleetLimit   redis_rate.Limit
+	rateKey      string
+	localLimiter *rate.Limiter
+	breaker      *gobreaker.CircuitBreaker[struct{}]
+
+	events *events
+
+	stop context.CancelFunc
+	bg   sync.WaitGroup
+}
+
+// New returns a Cache on rdb and starts its pub/sub listener. It installs a
+// circuit-breaker hook on rdb, so that a dead Redis fails fast.
+func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
+	opts.setDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	c := &Cache{
+		rdb:      rdb,
+		upstream: upstream,
+		opts:     opts,
+		metrics:  opts.Metrics,
+		id:       randomID(),
+		rateKey:  opts.Prefix + keyVersion + ":upstream",
+		fleetLimit: redis_rate.Limit{
+			Rate: opts.RateLimit, Period: time.Second, Burst: max(1, opts.RateLimit/10),
+		},
+		localLimiter: rate.NewLimiter(rate.Limit(opts.RateLimit), max(1, opts.RateLimit/10)),
+	}
+	if opts.LocalSize > 0 {
+		c.local, _ = lru.New[string, entry](opts.LocalSize) // errors only for size <= 0
+	}
+	c.refreshGate, _ = lru.New[string, time.Time](10000)
+	c.breaker = newBreaker(opts, c.metrics)
+	rdb.AddHook(breakerHook{cb: c.breaker, metrics: c.metrics})
+	c.fleetLimiter = redis_rate.NewLimiter(rdb)
+
+	ctx, stop := context.WithCancel(context.Background())
+	c.stop = stop
+	c.events = newEvents(c.id, c.opts.Prefix+keyVersion+":events", c.dropLocal)
+	c.events.start(ctx, rdb, &c.bg)
+	return c, nil
+}
+
+// Close stops the background work and waits for it. It does not close rdb.
+func (c *Cache) Close() error {
+	c.stop()
+	c.bg.Wait()
+	return nil
+}
+
+// ChatToken returns the chat token for req.
+func (c *Cache) ChatToken(ctx context.Context, req polyv.ChatTokenRequest) (Token, Result, error) {
+	return c.Get(ctx, ChatKey(req.ChannelID, req.UserID, req.Role, req.Origin))
+}
+
+// ChannelToken returns the old channel token of channelID.
+func (c *Cache) ChannelToken(ctx context.Context, channelID string) (Token, Result, error) {
+	return c.Get(ctx, ChannelKey(channelID))
+}
+
+// Get returns the token of k from the local cache, Redis or Polyv, and how it
+// was served. Errors are Polyv's (see polyv.Classify), *UnavailableError, or
+// ctx's.
+func (c *Cache) Get(ctx context.Context, k Key) (Token, Result, error) {
+	tok, res, err := c.get(ctx, k)
+	if err != nil && res != ResultNegative {
+		res = ResultError
+	}
+	c.metrics.result(res)
+	return tok, res, err
+}
+
+func (c *Cache) get(ctx context.Context, k Key) (Token, Result, error) {
+	keys := k.redisKeys(c.opts.Prefix)
+	if e, ok := c.localGet(keys.value); ok {
+		return c.serve(k, keys, e, ResultHitLocal)
+	}
+	if c.redisUsable() {
+		e, found, err := c.redisGet(ctx, keys.value)
+		if err == nil && found {
+			c.localSet(keys.value, e)
+			return c.serve(k, keys, e, ResultHitRedis)
+		}
+		if ctx.Err() != nil {
+			return Token{}, ResultError, ctx.Err()
+		}
+	}
+	return c.fillShared(ctx, k, keys)
+}
+
+// serve turns a found entry into the answer, starting a refresh when the
+// token is stale.
+func (c *Cache) serve(k Key, keys redisKeys, e entry, hit Result) (Token, Result, error) {
+	if e.Rejected != nil {
+		return Token{}, ResultNegative, e.Rejected.err()
+	}
+	if c.opts.Now().Sub(e.Token.IssuedAt) >= c.opts.RefreshAfter {
+		c.startRefresh(k, keys)
+		return *e.Token, ResultStale, nil
+	}
+	return *e.Token, hit, nil
+}
+
+// Delete drops the token of k from Redis and from every instance's local cache.
+func (c *Cache) Delete(ctx context.Context, k Key) error {
+	keys := k.redisKeys(c.opts.Prefix)
+	c.dropLocal(keys.value)
+	if err := c.rdb.Del(ctx, keys.value).Err(); err != nil {
+		return fmt.Errorf("cache: delete: %w", redisFailure(err))
+	}
+	c.events.publish(ctx, c.rdb, keys.value)
+	return nil
+}
+
+// Ready reports whether Redis answers.
+func (c *Cache) Ready(ctx context.Context) error {
+	if err := c.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("cache: redis ping: %w", redisFailure(err))
+	}
+	return nil
+}
+
+// RedisCircuit returns the Redis circuit breaker's state: "closed" when Redis
+// is in use, "open" while it is skipped, "half-open" while it is probed.
+func (c *Cache) RedisCircuit() string { return c.breaker.State().String() }
+
+func (c *Cache) redisUsable() bool { return c.breaker.State() != gobreaker.StateOpen }
+
+// redisGet reads and decodes a value. An entry that cannot be trusted or has
+// outlived its time is reported as not found.
+func (c *Cache) redisGet(ctx context.Context, key string) (entry, bool, error) {
+	b, err := c.rdb.Get(ctx, key).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return entry{}, false, nil
+	}
+	if err != nil {
+		return entry{}, false, err
+	}
+	e, ok := decodeEntry(b)
+	if !ok || !c.opts.Now().Before(e.Until) {
+		return entry{}, false, nil
+	}
+	return e, true, nil
+}
+
+func (c *Cache) localGet(key string) (entry, bool) {
+	if c.local == nil {
+		return entry{}, false
+	}
+	e, ok := c.local.Get(key)
+	if !ok {
+		return entry{}, false
+	}
+	if !c.opts.Now().Before(e.Until) {
+		c.local.Remove(key)
+		return entry{}, false
+	}
+	return e, true
+}
+
+func (c *Cache) localSet(key string, e entry) {
+	if c.local != nil {
+		c.local.Add(key, e)
+	}
+}
+
+func (c *Cache) dropLocal(key string) {
+	if c.local != nil {
+		c.local.Remove(key)
+	}
+}
+
+// tokenUntil is when a token issued at issued leaves the cache: TTL after
+// issue, less a jitter so that tokens fetched together do not expire together.
+func (c *Cache) tokenUntil(issued time.Time) time.Time {
+	spread := min((c.opts.TTL-c.opts.RefreshAfter)/4, 5*time.Minute)
+	var jitter time.Duration
+	if spread > 0 {
+		jitter = mrand.N(spread)
+	}
+	return issued.Add(c.opts.TTL - jitter)
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

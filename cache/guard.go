@@ -1,0 +1,109 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+)
+
+// ErrRedisUnavailable is returned, wrapped, for Redis work skipped or failed
+// because Redis is down.
+var ErrRedisUnavailable = errors.New("cache: redis unavailable")
+
+// UnavailableError says no Polyv call could be made in time: the rate limit
+// had no slot before the caller's deadline.
+type UnavailableError struct {
+	RetryAfter time.Duration
+	Reason     string
+}
+
+func (e *UnavailableError) Error() string {
+	return fmt.Sprintf("cache: upstream unavailable: %s; retry after %v", e.Reason, e.RetryAfter)
+}
+
+// RetryAfterSeconds is RetryAfter rounded up to whole seconds, at least 1,
+// as a Retry-After header wants it.
+func (e *UnavailableError) RetryAfterSeconds() string {
+	return strconv.Itoa(max(1, int(math.Ceil(e.RetryAfter.Seconds()))))
+}
+
+func redisFailure(err error) error {
+	if errors.Is(err, ErrRedisUnavailable) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrRedisUnavailable, err)
+}
+
+func newBreaker(o Options, m *Metrics) *gobreaker.CircuitBreaker[struct{}] {
+	return gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        "redis",
+		MaxRequests: 1,
+		Timeout:     o.BreakerOpenFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= o.BreakerFailures },
+		// Replies from Redis, misses included, prove it is up.
+		IsSuccessful: func(err error) bool { return err == nil || !isOutage(err) },
+		// A caller that gave up says nothing about Redis.
+		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
+		OnStateChange: func(_ string, _, to gobreaker.State) {
+			if to == gobreaker.StateClosed {
+				m.redisCircuitOpen.Set(0)
+			} else {
+				m.redisCircuitOpen.Set(1)
+			}
+		},
+	})
+}
+
+// isOutage tells a failure to reach Redis from a reply Redis sent.
+func isOutage(err error) bool {
+	if err == nil || errors.Is(err, redis.Nil) {
+		return false
+	}
+	var reply redis.Error
+	return !errors.As(err, &reply)
+}
+
+// breakerHook runs every Redis command through the circuit breaker, so that
+// while Redis is down commands fail at once instead of each waiting for a
+// timeout.
+type breakerHook struct {
+	cb      *gobreaker.CircuitBreaker[struct{}]
+	metrics *Metrics
+}
+
+var _ redis.Hook = breakerHook{}
+
+func (h breakerHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h breakerHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		return h.guard(func() error { return next(ctx, cmd) })
+	}
+}
+
+func (h breakerHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		return h.guard(func() error { return next(ctx, cmds) })
+	}
+}
+
+func (h breakerHook) guard(run func() error) error {
+	var cmdErr error
+	_, err := h.cb.Execute(func() (struct{}, error) {
+		cmdErr = run()
+		return struct{}{}, cmdErr
+	})
+	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+		return fmt.Errorf("%w: circuit open", ErrRedisUnavailable)
+	}
+	if isOutage(cmdErr) && !errors.Is(cmdErr, context.Canceled) {
+		h.metrics.redisErrors.Inc()
+	}
+	return cmdErr
+}

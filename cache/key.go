@@ -1,0 +1,85 @@
+package cache
+
+import (
+	"errors"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// Kind says which Polyv token a Key names.
+type Kind uint8
+
+// The kinds of token.
+const (
+	KindChat    Kind = iota + 1 // get-chat-token, per channel, user, role and origin
+	KindChannel                 // the old get-token, per channel
+)
+
+// Key names one cached token. For KindChannel only ChannelID is used.
+type Key struct {
+	Kind      Kind
+	ChannelID string
+	UserID    string
+	Role      string
+	Origin    string
+}
+
+// ChatKey returns the key of a chat token.
+func ChatKey(channelID, userID, role, origin string) Key {
+	return Key{Kind: KindChat, ChannelID: channelID, UserID: userID, Role: role, Origin: origin}
+}
+
+// ChannelKey returns the key of a channel's old token.
+func ChannelKey(channelID string) Key { return Key{Kind: KindChannel, ChannelID: channelID} }
+
+// keyVersion changes whenever the stored value or key layout changes
+// incompatibly, so that old and new instances never read each other's keys.
+const keyVersion = "v1"
+
+// identity is an injective text form of k: each field is query-escaped, which
+// always escapes ':', so joining the fields with ':' cannot be ambiguous.
+func (k Key) identity() string {
+	if k.Kind == KindChannel {
+		return "ch:" + url.QueryEscape(k.ChannelID)
+	}
+	return "chat:" + url.QueryEscape(k.ChannelID) + ":" + url.QueryEscape(k.UserID) + ":" +
+		url.QueryEscape(k.Role) + ":" + url.QueryEscape(k.Origin)
+}
+
+// redisKeys are the Redis keys of one token. They share a hash tag made from
+// the whole identity, so a script can touch them all in Redis Cluster, while
+// the tokens of one hot channel still spread over every slot.
+type redisKeys struct {
+	value string // the token or negative entry
+	lease string // who is fetching it now
+}
+
+func (k Key) redisKeys(prefix string) redisKeys {
+	id := k.identity()
+	base := prefix + keyVersion + ":{" + strconv.FormatUint(xxhash.Sum64String(id), 36) + "}:"
+	return redisKeys{value: base + "t:" + id, lease: base + "l:" + id}
+}
+
+// parseIdentity inverts identity; it exists to prove that encoding is injective.
+func parseIdentity(s string) (Key, error) {
+	kind, rest, _ := strings.Cut(s, ":")
+	parts := strings.Split(rest, ":")
+	unescaped := make([]string, len(parts))
+	for i, p := range parts {
+		u, err := url.QueryUnescape(p)
+		if err != nil {
+			return Key{}, err
+		}
+		unescaped[i] = u
+	}
+	switch {
+	case kind == "ch" && len(parts) == 1:
+		return ChannelKey(unescaped[0]), nil
+	case kind == "chat" && len(parts) == 4:
+		return ChatKey(unescaped[0], unescaped[1], unescaped[2], unescaped[3]), nil
+	}
+	return Key{}, errors.New("cache: not a key identity")
+}

@@ -1,0 +1,68 @@
+package cache
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestKeyEncoding(t *testing.T) {
+	tests := []struct {
+		a, b Key
+	}{
+		{ChatKey("1", "a:b", "viewer", ""), ChatKey("1:a", "b", "viewer", "")},
+		{ChatKey("1", "u", "viewer", ""), ChatKey("1", "u", "viewer", " ")},
+		{ChatKey("1", "{x}", "viewer", "web"), ChatKey("1", "%7Bx%7D", "viewer", "web")},
+		{ChatKey("1", "a b", "viewer", ""), ChatKey("1", "a+b", "viewer", "")},
+		{ChatKey("1", "a|b", "guest", ""), ChatKey("1", "a", "guest", "b")},
+		{ChannelKey("1"), ChatKey("1", "", "", "")},
+	}
+	for _, tt := range tests {
+		ka, kb := tt.a.redisKeys("tc:"), tt.b.redisKeys("tc:")
+		if ka.value == kb.value {
+			t.Errorf("%+v and %+v share the key %q", tt.a, tt.b, ka.value)
+		}
+	}
+}
+
+func TestKeyLayout(t *testing.T) {
+	k := ChatKey("2094979", "用户{1}", "viewer", "web").redisKeys("tc:")
+	if !strings.HasPrefix(k.value, "tc:v1:{") || !strings.HasPrefix(k.lease, "tc:v1:{") {
+		t.Errorf("keys %q, %q are not versioned under the prefix", k.value, k.lease)
+	}
+	if tag(k.value) != tag(k.lease) {
+		t.Errorf("value and lease hash tags differ: %q vs %q", k.value, k.lease)
+	}
+	// Only the first {...} is the hash tag, so userId braces must not form one.
+	if strings.Count(k.value, "{") != 1 {
+		t.Errorf("key %q holds more than one '{'", k.value)
+	}
+	other := ChatKey("2094979", "someone-else", "viewer", "web").redisKeys("tc:")
+	if tag(k.value) == tag(other.value) {
+		t.Error("two users of one channel share a hash tag: a hot channel would pin one slot")
+	}
+}
+
+// tag returns the Redis Cluster hash tag of a key.
+func tag(key string) string {
+	i := strings.IndexByte(key, '{')
+	j := strings.IndexByte(key[i:], '}')
+	return key[i+1 : i+j]
+}
+
+func FuzzKeyInjective(f *testing.F) {
+	f.Add("2094979", "1b448be323", "viewer", "web", "2094979", "1b448be323", "viewer", "")
+	f.Add("1", "a:b", "viewer", "", "1:a", "b", "viewer", "")
+	f.Add("1", "%3A", "x", "", "1", ":", "x", "")
+	f.Fuzz(func(t *testing.T, c1, u1, r1, o1, c2, u2, r2, o2 string) {
+		a, b := ChatKey(c1, u1, r1, o1), ChatKey(c2, u2, r2, o2)
+		for _, k := range []Key{a, b, ChannelKey(c1)} {
+			back, err := parseIdentity(k.identity())
+			if err != nil || back != k {
+				t.Fatalf("parseIdentity(identity(%+v)) = %+v, %v", k, back, err)
+			}
+		}
+		if a != b && a.redisKeys("tc:").value == b.redisKeys("tc:").value {
+			t.Fatalf("%+v and %+v share a key", a, b)
+		}
+	})
+}

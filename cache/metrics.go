@@ -1,0 +1,77 @@
+package cache
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Result says how a token was served.
+type Result string
+
+// The results, as used in the cache_results_total metric.
+const (
+	ResultHitLocal  Result = "hit_local"  // from this process's memory
+	ResultHitRedis  Result = "hit_redis"  // from Redis
+	ResultStale     Result = "stale"      // valid but old; a refresh was started
+	ResultMiss      Result = "miss"       // fetched from Polyv for this request
+	ResultCoalesced Result = "coalesced"  // fetched by a concurrent request here or elsewhere
+	ResultNegative  Result = "negative"   // a remembered Polyv rejection
+	ResultError     Result = "error"      // no token
+)
+
+var allResults = []Result{ResultHitLocal, ResultHitRedis, ResultStale, ResultMiss, ResultCoalesced, ResultNegative, ResultError}
+
+// Metrics are the cache's Prometheus collectors. Labels never hold a key or a
+// token.
+type Metrics struct {
+	results          *prometheus.CounterVec
+	upstreamRequests *prometheus.CounterVec
+	upstreamDuration *prometheus.HistogramVec
+	leaseWait        prometheus.Histogram
+	redisErrors      prometheus.Counter
+	redisCircuitOpen prometheus.Gauge
+	refreshes        *prometheus.CounterVec
+
+	// Children resolved once, so the hit path does no label lookup.
+	byResult map[Result]prometheus.Counter
+}
+
+// NewMetrics returns unregistered collectors; register them with Collectors.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokencache_cache_results_total", Help: "Token lookups by how they were served.",
+		}, []string{"result"}),
+		upstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokencache_upstream_requests_total", Help: "Polyv calls made, by endpoint and outcome.",
+		}, []string{"endpoint", "outcome"}),
+		upstreamDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tokencache_upstream_duration_seconds", Help: "Duration of Polyv calls, retries included.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 20},
+		}, []string{"endpoint"}),
+		leaseWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tokencache_lease_wait_seconds", Help: "Time spent waiting for another instance's fetch.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		redisErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokencache_redis_errors_total", Help: "Redis commands that failed (not counting misses).",
+		}),
+		redisCircuitOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tokencache_redis_circuit_open", Help: "1 while the Redis circuit breaker is open or half-open.",
+		}),
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokencache_refreshes_total", Help: "Background refreshes of stale tokens, by outcome.",
+		}, []string{"outcome"}),
+		byResult: map[Result]prometheus.Counter{},
+	}
+	for _, r := range allResults {
+		m.byResult[r] = m.results.WithLabelValues(string(r))
+	}
+	return m
+}
+
+// Collectors returns every collector, for prometheus.Registerer.MustRegister.
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.results, m.upstreamRequests, m.upstreamDuration, m.leaseWait, m.redisErrors, m.redisCircuitOpen, m.refreshes}
+}
+
+func (m *Metrics) result(r Result) { m.byResult[r].Inc() }

@@ -1,0 +1,86 @@
+package cache
+
+import (
+	"context"
+	"time"
+)
+
+// refreshGateFor is how long an instance waits before it tries again to start
+// a refresh of the same key: stale hits must not each cost a Redis command.
+const refreshGateFor = time.Second
+
+// startRefresh refreshes k in the background unless this instance tried
+// lately. Across the fleet only the instance that takes the lease refreshes.
+func (c *Cache) startRefresh(k Key, keys redisKeys) {
+	now := time.Now()
+	if next, ok := c.refreshGate.Get(keys.value); ok && now.Before(next) {
+		return
+	}
+	c.refreshGate.Add(keys.value, now.Add(refreshGateFor))
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		c.refresh(k, keys)
+	}()
+}
+
+// refresh fetches a new token while the old one is still served. On failure
+// the old token stays until its TTL, and the next attempt waits
+// RefreshBackoff: fleet-wide through the lease, and locally through the gate.
+func (c *Cache) refresh(k Key, keys redisKeys) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.FillTimeout)
+	defer cancel()
+
+	owner := randomID()
+	fleet := c.redisUsable()
+	if fleet {
+		state, err := c.takeLease(ctx, keys, owner)
+		if err == nil && state != acquireTaken {
+			return // another instance is refreshing, or backing off
+		}
+		fleet = err == nil
+	}
+	if fleet {
+		stopRenew := c.renewLease(ctx, keys.lease, owner)
+		defer stopRenew()
+	}
+
+	tok, err := c.refreshCall(ctx, k, fleet)
+	if err != nil {
+		c.metrics.refreshes.WithLabelValues("failed").Inc()
+		c.refreshGate.Add(keys.value, time.Now().Add(c.opts.RefreshBackoff))
+		if fleet {
+			_ = leaseScript.Run(ctx, c.rdb, []string{keys.lease}, owner, "backoff", c.opts.RefreshBackoff.Milliseconds()).Err()
+		}
+		return
+	}
+	c.metrics.refreshes.WithLabelValues("ok").Inc()
+	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}
+	if !fleet {
+		c.localSet(keys.value, e)
+		return
+	}
+	c.store(ctx, keys, owner, e)
+	c.events.publish(ctx, c.rdb, keys.value)
+}
+
+func (c *Cache) refreshCall(ctx context.Context, k Key, fleet bool) (Token, error) {
+	wait := c.waitLocalSlot
+	if fleet {
+		wait = c.waitFleetSlot
+	}
+	if err := wait(ctx, time.Time{}); err != nil {
+		return Token{}, err
+	}
+	return c.callUpstream(ctx, k)
+}
+
+// takeLease tries the lease without looking at the value.
+func (c *Cache) takeLease(ctx context.Context, keys redisKeys, owner string) (int64, error) {
+	res, err := acquireScript.Run(ctx, c.rdb, []string{keys.value, keys.lease}, owner, c.opts.LeaseTTL.Milliseconds(), "0").Slice()
+	if err != nil {
+		return 0, err
+	}
+	state, _ := res[0].(int64)
+	return state, nil
+}
