@@ -1,0 +1,192 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestThousandMissesOneCall(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		rdb, _ := b.open(t)
+		up := &fakeUpstream{delay: 50 * time.Millisecond}
+		c := newCache(t, rdb, up, testOptions(nil))
+		var tokens stringSet
+		var failures atomic.Int64
+		hammer(1000, func(int) {
+			tok, _, err := c.Get(context.Background(), viewerKey)
+			if err != nil {
+				failures.Add(1)
+				return
+			}
+			tokens.add(tok.Token)
+		})
+		if got := up.calls.Load(); got != 1 {
+			t.Errorf("upstream calls = %d, want 1", got)
+		}
+		if failures.Load() != 0 || tokens.len() != 1 {
+			t.Errorf("failures = %d, distinct tokens = %d; want 0 and 1", failures.Load(), tokens.len())
+		}
+	})
+}
+
+func TestCancelledFirstCallerDoesNotFailOthers(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		rdb, _ := b.open(t)
+		up := &fakeUpstream{delay: 200 * time.Millisecond}
+		c := newCache(t, rdb, up, testOptions(nil))
+
+		first, cancel := context.WithCancel(context.Background())
+		firstErr := make(chan error, 1)
+		go func() { _, _, err := c.Get(first, viewerKey); firstErr <- err }()
+		eventually(t, "the first call to reach upstream", func() bool { return up.calls.Load() == 1 })
+
+		var errs atomic.Int64
+		done := make(chan struct{})
+		go func() {
+			hammer(50, func(int) {
+				if _, _, err := c.Get(context.Background(), viewerKey); err != nil {
+					errs.Add(1)
+				}
+			})
+			close(done)
+		}()
+		time.Sleep(20 * time.Millisecond)
+		cancel()
+		if err := <-firstErr; !errors.Is(err, context.Canceled) {
+			t.Errorf("first caller error = %v, want context.Canceled", err)
+		}
+		<-done
+		if errs.Load() != 0 {
+			t.Errorf("%d of the other callers failed", errs.Load())
+		}
+		if got := up.calls.Load(); got != 1 {
+			t.Errorf("upstream calls = %d, want 1", got)
+		}
+	})
+}
+
+func TestCallerWaitsOnlyItsOwnDeadline(t *testing.T) {
+	rdb, _ := backends()[0].open(t)
+	up := &fakeUpstream{delay: time.Second}
+	c := newCache(t, rdb, up, testOptions(nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, res, err := c.Get(ctx, viewerKey)
+	if !errors.Is(err, context.DeadlineExceeded) || res != ResultError {
+		t.Fatalf("Get() = %v, %v; want deadline exceeded", res, err)
+	}
+	// The detached fetch finishes for the next caller.
+	eventually(t, "the detached fetch to store the token", func() bool {
+		_, res, err := c.Get(context.Background(), viewerKey)
+		return err == nil && res != ResultMiss
+	})
+	if got := up.calls.Load(); got != 1 {
+		t.Errorf("upstream calls = %d, want 1", got)
+	}
+}
+
+func TestFaultyUpstreamDoesNotWedgeKey(t *testing.T) {
+	for _, fault := range []string{"panic", "hang"} {
+		t.Run(fault, func(t *testing.T) {
+			rdb, _ := backends()[0].open(t)
+			up := &fakeUpstream{panic: fault == "panic", hang: fault == "hang"}
+			c := newCache(t, rdb, up, testOptions(func(o *Options) { o.FillTimeout = 200 * time.Millisecond }))
+			if _, _, err := c.Get(context.Background(), viewerKey); err == nil {
+				t.Fatal("Get() error = nil with a faulty upstream")
+			}
+			up.mu.Lock()
+			up.panic, up.hang = false, false
+			up.mu.Unlock()
+			tok, _, err := c.Get(context.Background(), viewerKey)
+			if err != nil || tok.Token == "" {
+				t.Fatalf("after the fault, Get() = %q, %v", tok.Token, err)
+			}
+		})
+	}
+}
+
+func TestFleetCoalescing(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		rdb, _ := b.open(t)
+		up := &fakeUpstream{delay: 100 * time.Millisecond}
+		fleet := newFleet(t, rdb, up, 3, nil)
+
+		t.Run("one key", func(t *testing.T) {
+			var failures atomic.Int64
+			hammer(300, func(i int) {
+				if _, _, err := fleet[i%3].Get(context.Background(), viewerKey); err != nil {
+					failures.Add(1)
+				}
+			})
+			if got := up.calls.Load(); got != 1 || failures.Load() != 0 {
+				t.Errorf("upstream calls = %d, failures = %d; want 1 and 0", got, failures.Load())
+			}
+		})
+		t.Run("100 keys", func(t *testing.T) {
+			up.calls.Store(0)
+			var failures atomic.Int64
+			hammer(100*3*4, func(i int) {
+				k := ChatKey("ch", fmt.Sprintf("user-%d", i%100), "viewer", "")
+				if _, _, err := fleet[i%3].Get(context.Background(), k); err != nil {
+					failures.Add(1)
+				}
+			})
+			if got := up.calls.Load(); got != 100 || failures.Load() != 0 {
+				t.Errorf("upstream calls = %d, failures = %d; want 100 and 0", got, failures.Load())
+			}
+		})
+	})
+}
+
+func TestDeadLeaseHolderIsTakenOver(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		rdb, expire := b.open(t)
+		up := &fakeUpstream{}
+		opts := testOptions(func(o *Options) { o.LeaseTTL = 500 * time.Millisecond })
+		fleet := newFleet(t, rdb, up, 2, &opts)
+		// A holder that died mid-fetch leaves its lease behind.
+		keys := viewerKey.redisKeys("tc:")
+		if err := rdb.Set(context.Background(), keys.lease, "dead-holder", opts.LeaseTTL).Err(); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		done := make(chan error, 2)
+		for _, c := range fleet {
+			go func() { _, _, err := c.Get(context.Background(), viewerKey); done <- err }()
+		}
+		time.Sleep(100 * time.Millisecond)
+		if got := up.calls.Load(); got != 0 {
+			t.Fatalf("upstream calls while the lease is held = %d, want 0", got)
+		}
+		expire(opts.LeaseTTL)
+		for range fleet {
+			if err := <-done; err != nil {
+				t.Errorf("Get() error = %v", err)
+			}
+		}
+		if got := up.calls.Load(); got != 1 {
+			t.Errorf("upstream calls = %d, want 1", got)
+		}
+		// Loose bound, for a noisy machine: about one lease period, not more.
+		if waited := time.Since(start); waited > 5*opts.LeaseTTL {
+			t.Errorf("waiters were delayed %v, over 5 lease periods", waited)
+		}
+	})
+}
+
+func newFleet(tb testing.TB, rdb rediser, up Upstream, n int, opts *Options) []*Cache {
+	tb.Helper()
+	o := testOptions(nil)
+	if opts != nil {
+		o = *opts
+	}
+	fleet := make([]*Cache, n)
+	for i := range fleet {
+		fleet[i] = newCache(tb, rdb, up, o)
+	}
+	return fleet
+}

@@ -1,0 +1,179 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/polyv"
+)
+
+// fakeUpstream counts calls and answers with unique tokens after delay, or
+// with err. It honours ctx, unless hang is set.
+type fakeUpstream struct {
+	calls atomic.Int64
+	delay time.Duration
+
+	mu    sync.Mutex
+	err   error
+	panic bool
+	hang  bool
+	times []time.Time
+	keys  map[string]int
+}
+
+var _ Upstream = (*fakeUpstream)(nil)
+
+func (f *fakeUpstream) setErr(err error) { f.mu.Lock(); f.err = err; f.mu.Unlock() }
+
+func (f *fakeUpstream) ChatToken(ctx context.Context, req polyv.ChatTokenRequest) (polyv.ChatToken, error) {
+	n := f.calls.Add(1)
+	f.mu.Lock()
+	err, doPanic, hang := f.err, f.panic, f.hang
+	f.times = append(f.times, time.Now())
+	if f.keys == nil {
+		f.keys = map[string]int{}
+	}
+	f.keys[req.ChannelID+"/"+req.UserID]++
+	f.mu.Unlock()
+	if doPanic {
+		panic("upstream exploded")
+	}
+	if hang {
+		select {} // ignores ctx on purpose
+	}
+	if f.delay > 0 {
+		select {
+		case <-time.After(f.delay):
+		case <-ctx.Done():
+			return polyv.ChatToken{}, ctx.Err()
+		}
+	}
+	if err != nil {
+		return polyv.ChatToken{}, err
+	}
+	return polyv.ChatToken{Token: fmt.Sprintf("tok-%d", n), MediaChannelKey: "mck", RoomID: req.ChannelID, ChildRoomEnabled: "N",
+		ChatAPIDomain: "apichat.polyv.net", ChatDomain: "chat.polyv.net"}, nil
+}
+
+func (f *fakeUpstream) ChannelToken(ctx context.Context, channelID string) (polyv.ChannelToken, error) {
+	t, err := f.ChatToken(ctx, polyv.ChatTokenRequest{ChannelID: channelID})
+	return polyv.ChannelToken{Token: t.Token, MediaChannelKey: t.MediaChannelKey}, err
+}
+
+// clock is a settable clock for token ages.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newClock() *clock { return &clock{now: time.Now()} }
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+
+func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+
+// backend is a Redis to run the same test on. open returns a client and a
+// function that makes keys with a TTL of d or less expire: miniredis needs
+// FastForward, a real server only needs the time to pass.
+type backend struct {
+	name string
+	open func(tb testing.TB) (redis.UniversalClient, func(d time.Duration))
+}
+
+// backends returns miniredis and a real redis-server.
+func backends() []backend {
+	return []backend{
+		{"miniredis", func(tb testing.TB) (redis.UniversalClient, func(time.Duration)) {
+			mr := miniredis.RunT(tb)
+			c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+			tb.Cleanup(func() { _ = c.Close() })
+			return c, mr.FastForward
+		}},
+		{"redis-server", func(tb testing.TB) (redis.UniversalClient, func(time.Duration)) {
+			return redistest.Start(tb).Client(tb), func(d time.Duration) { time.Sleep(d + 50*time.Millisecond) }
+		}},
+	}
+}
+
+func eachBackend(t *testing.T, run func(t *testing.T, b backend)) {
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) { run(t, b) })
+	}
+}
+
+// testOptions are fast settings for tests.
+func testOptions(mod func(*Options)) Options {
+	o := Options{
+		LeaseTTL: 300 * time.Millisecond, PollInterval: 20 * time.Millisecond, FillTimeout: 5 * time.Second,
+		RateLimit: 100000, BreakerOpenFor: 200 * time.Millisecond, BreakerFailures: 3,
+	}
+	if mod != nil {
+		mod(&o)
+	}
+	return o
+}
+
+func newCache(tb testing.TB, rdb rediser, up Upstream, opts Options) *Cache {
+	tb.Helper()
+	c, err := New(rdb, up, opts)
+	if err != nil {
+		tb.Fatalf("New() error = %v", err)
+	}
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// hammer runs fn from n goroutines at once and waits for them.
+func hammer(n int, fn func(i int)) {
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			fn(i)
+		}()
+	}
+	close(start)
+	wg.Wait()
+}
+
+// eventually polls cond until it holds or a few seconds pass.
+func eventually(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+var viewerKey = ChatKey("2094979", "1b448be323", "viewer", "web")
+
+// stringSet is a set of strings safe for concurrent adds.
+type stringSet struct {
+	mu sync.Mutex
+	m  map[string]bool
+}
+
+func (s *stringSet) add(v string) {
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = map[string]bool{}
+	}
+	s.m[v] = true
+	s.mu.Unlock()
+}
+
+func (s *stringSet) len() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.m) }

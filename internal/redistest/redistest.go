@@ -1,0 +1,151 @@
+// Package redistest starts real redis-server processes on loopback ports for
+// integration tests: a single server that a test can kill and restart, and a
+// small Redis Cluster. Without redis-server on PATH the tests skip, except in
+// CI (CI=true), where they fail.
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Server is a redis-server process.
+type Server struct {
+	Addr string
+	port int
+	dir  string
+	args []string
+	cmd  *exec.Cmd
+}
+
+// need skips tb when a binary is missing, or fails it in CI.
+func need(tb testing.TB, bins ...string) {
+	tb.Helper()
+	for _, bin := range bins {
+		if _, err := exec.LookPath(bin); err != nil {
+			if os.Getenv("CI") != "" {
+				tb.Fatalf("%s is not on PATH; CI must install it (.ci/run does)", bin)
+			}
+			tb.Skipf("%s is not on PATH", bin)
+		}
+	}
+}
+
+// Start starts a redis-server on a free loopback port and stops it at cleanup.
+func Start(tb testing.TB, extraArgs ...string) *Server {
+	tb.Helper()
+	need(tb, "redis-server")
+	port := freePort(tb)
+	s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), port: port, dir: tb.TempDir()}
+	s.args = append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.dir}, extraArgs...)
+	s.start(tb)
+	tb.Cleanup(s.Kill)
+	return s
+}
+
+func (s *Server) start(tb testing.TB) {
+	tb.Helper()
+	s.cmd = exec.Command("redis-server", s.args...)
+	if err := s.cmd.Start(); err != nil {
+		tb.Fatalf("start redis-server: %v", err)
+	}
+	waitPing(tb, s.Addr)
+}
+
+// Kill stops the server at once, as a crash would.
+func (s *Server) Kill() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+// Restart starts the server again on the same port, empty.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	s.Kill()
+	s.start(tb)
+}
+
+// Client returns a client of the server with short timeouts, closed at cleanup.
+func (s *Server) Client(tb testing.TB) *redis.Client {
+	tb.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, DialTimeout: 200 * time.Millisecond,
+		ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond, MaxRetries: -1})
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// StartCluster starts a Redis Cluster of n masters and no replicas, and
+// returns a client of it, closed at cleanup.
+func StartCluster(tb testing.TB, n int) *redis.ClusterClient {
+	tb.Helper()
+	need(tb, "redis-server", "redis-cli")
+	addrs := make([]string, n)
+	for i := range addrs {
+		// The bus port is set, as port+10000 may not exist.
+		s := Start(tb, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", "2000", "--cluster-port", strconv.Itoa(freePort(tb)))
+		addrs[i] = s.Addr
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		tb.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, DialTimeout: time.Second, ReadTimeout: time.Second})
+	tb.Cleanup(func() { _ = c.Close() })
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		info, err := c.ClusterInfo(context.Background()).Result()
+		if err == nil && strings.Contains(info, "cluster_state:ok") {
+			// Every master must know the others before commands route well.
+			if err := c.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
+				i, err := m.ClusterInfo(ctx).Result()
+				if err != nil || !strings.Contains(i, "cluster_state:ok") {
+					return fmt.Errorf("not ready")
+				}
+				return nil
+			}); err == nil {
+				return c
+			}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("cluster not ready: %v %s", err, info)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func waitPing(tb testing.TB, addr string) {
+	tb.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			tb.Fatalf("redis-server at %s did not answer", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
