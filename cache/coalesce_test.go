@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func TestThousandMissesOneCall(t *testing.T) {
@@ -178,7 +180,7 @@ func TestDeadLeaseHolderIsTakenOver(t *testing.T) {
 	})
 }
 
-func newFleet(tb testing.TB, rdb rediser, up Upstream, n int, opts *Options) []*Cache {
+func newFleet(tb testing.TB, rdb redis.UniversalClient, up Upstream, n int, opts *Options) []*Cache {
 	tb.Helper()
 	o := testOptions(nil)
 	if opts != nil {
@@ -186,7 +188,7 @@ func newFleet(tb testing.TB, rdb rediser, up Upstream, n int, opts *Options) []*
 	}
 	fleet := make([]*Cache, n)
 	for i := range fleet {
-		fleet[i] = newCache(tb, rdb, up, o)
+		fleet[i] = newCache(tb, ownClient(tb, rdb), up, o)
 	}
 	return fleet
 }

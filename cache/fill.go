@@ -95,6 +95,11 @@ func (c *Cache) fillShared(ctx context.Context, k Key, keys redisKeys) (Token, R
 // the lease and calls Polyv, or waits for the holder's value, taking over if
 // the holder's lease lapses. Without Redis it fetches on its own.
 func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys, deadline time.Time) (fillResult, error) {
+	// A flight that just ended may have filled the local cache after this
+	// caller looked: singleflight only merges calls that overlap.
+	if e, ok := c.localGet(keys.value); ok {
+		return fillResult{entry: e, result: ResultCoalesced}, nil
+	}
 	if !c.redisUsable() {
 		return c.fillLocal(ctx, k, keys, deadline)
 	}

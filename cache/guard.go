@@ -83,15 +83,24 @@ func (h breakerHook) DialHook(next redis.DialHook) redis.DialHook { return next 
 
 func (h breakerHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
+		if ctx.Value(insideBreaker{}) != nil {
+			return next(ctx, cmd) // a handshake inside a guarded command
+		}
+		ctx = context.WithValue(ctx, insideBreaker{}, true)
 		return h.guard(func() error { return next(ctx, cmd) })
 	}
 }
 
+// ProcessPipelineHook leaves pipelines alone: the cache sends none.
 func (h breakerHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		return h.guard(func() error { return next(ctx, cmds) })
-	}
+	return next
 }
+
+// insideBreaker marks a context already guarded: go-redis sends a new
+// connection's handshake (HELLO) inside the command that needs it, and a
+// second pass through a half-open breaker would fail the very probe that
+// should close it.
+type insideBreaker struct{}
 
 func (h breakerHook) guard(run func() error) error {
 	var cmdErr error

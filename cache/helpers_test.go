@@ -10,6 +10,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/tokencache/tokencache/internal/redistest"
 	"github.com/tokencache/tokencache/polyv"
@@ -93,7 +94,7 @@ func backends() []backend {
 	return []backend{
 		{"miniredis", func(tb testing.TB) (redis.UniversalClient, func(time.Duration)) {
 			mr := miniredis.RunT(tb)
-			c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+			c := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}})
 			tb.Cleanup(func() { _ = c.Close() })
 			return c, mr.FastForward
 		}},
@@ -177,3 +178,24 @@ func (s *stringSet) add(v string) {
 }
 
 func (s *stringSet) len() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.m) }
+
+// ownClient returns a new client of rdb's server, as a separate instance of
+// the service would have, closed at cleanup.
+func ownClient(tb testing.TB, rdb redis.UniversalClient) redis.UniversalClient {
+	tb.Helper()
+	var c redis.UniversalClient
+	switch r := rdb.(type) {
+	case *redis.Client:
+		o := *r.Options()
+		o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+		c = redis.NewClient(&o)
+	case *redis.ClusterClient:
+		o := *r.Options()
+		o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+		c = redis.NewClusterClient(&o)
+	default:
+		tb.Fatalf("unknown client %T", rdb)
+	}
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}

@@ -9,13 +9,13 @@ type Result string
 
 // The results, as used in the cache_results_total metric.
 const (
-	ResultHitLocal  Result = "hit_local"  // from this process's memory
-	ResultHitRedis  Result = "hit_redis"  // from Redis
-	ResultStale     Result = "stale"      // valid but old; a refresh was started
-	ResultMiss      Result = "miss"       // fetched from Polyv for this request
-	ResultCoalesced Result = "coalesced"  // fetched by a concurrent request here or elsewhere
-	ResultNegative  Result = "negative"   // a remembered Polyv rejection
-	ResultError     Result = "error"      // no token
+	ResultHitLocal  Result = "hit_local" // from this process's memory
+	ResultHitRedis  Result = "hit_redis" // from Redis
+	ResultStale     Result = "stale"     // valid but old; a refresh was started
+	ResultMiss      Result = "miss"      // fetched from Polyv for this request
+	ResultCoalesced Result = "coalesced" // fetched by a concurrent request here or elsewhere
+	ResultNegative  Result = "negative"  // a remembered Polyv rejection
+	ResultError     Result = "error"     // no token
 )
 
 var allResults = []Result{ResultHitLocal, ResultHitRedis, ResultStale, ResultMiss, ResultCoalesced, ResultNegative, ResultError}

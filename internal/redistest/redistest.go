@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // Server is a redis-server process.
@@ -81,7 +82,8 @@ func (s *Server) Restart(tb testing.TB) {
 func (s *Server) Client(tb testing.TB) *redis.Client {
 	tb.Helper()
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, DialTimeout: 200 * time.Millisecond,
-		ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond, MaxRetries: -1})
+		ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond, MaxRetries: -1,
+		MaintNotificationsConfig: noMaint()})
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
 }
@@ -103,7 +105,8 @@ func StartCluster(tb testing.TB, n int) *redis.ClusterClient {
 	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
 		tb.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
-	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, DialTimeout: time.Second, ReadTimeout: time.Second})
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, DialTimeout: time.Second, ReadTimeout: time.Second,
+		MaintNotificationsConfig: noMaint()})
 	tb.Cleanup(func() { _ = c.Close() })
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -139,7 +142,7 @@ func freePort(tb testing.TB) int {
 
 func waitPing(tb testing.TB, addr string) {
 	tb.Helper()
-	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, MaintNotificationsConfig: noMaint()})
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for c.Ping(context.Background()).Err() != nil {
@@ -149,3 +152,18 @@ func waitPing(tb testing.TB, addr string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// noMaint turns off go-redis's maintenance notifications, which plain
+// redis-server does not support.
+func noMaint() *maintnotifications.Config {
+	return &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+}
+
+func init() {
+	// go-redis logs every failed dial; tests that kill Redis make many.
+	redis.SetLogger(quietLogger{})
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}

@@ -1,0 +1,80 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+)
+
+func TestLocalCacheBoundedAndNeverPastTTL(t *testing.T) {
+	rdb, _ := backends()[0].open(t)
+	clk := newClock()
+	c := newCache(t, rdb, &fakeUpstream{}, testOptions(func(o *Options) { o.LocalSize = 10; o.Now = clk.Now }))
+	for i := range 25 {
+		if _, _, err := c.Get(context.Background(), ChatKey("1", fmt.Sprint(i), "viewer", "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := c.local.Len(); n > 10 {
+		t.Errorf("local cache holds %d entries, bound is 10", n)
+	}
+	k := ChatKey("1", "24", "viewer", "")
+	if _, res, _ := c.Get(context.Background(), k); res != ResultHitLocal {
+		t.Fatalf("Get() = %v, want hit_local", res)
+	}
+	clk.Add(c.opts.TTL)
+	if _, ok := c.localGet(k.redisKeys("tc:").value); ok {
+		t.Error("local entry served at TTL")
+	}
+}
+
+func TestInvalidationReachesEveryInstance(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		rdb, _ := b.open(t)
+		up := &fakeUpstream{}
+		fleet := newFleet(t, rdb, up, 2, nil)
+		a, other := fleet[0], fleet[1]
+		ctx := context.Background()
+		first, _, _ := a.Get(ctx, viewerKey)
+		if tok, res, _ := other.Get(ctx, viewerKey); res != ResultHitRedis || tok.Token != first.Token {
+			t.Fatalf("other.Get() = %v", res)
+		}
+		if _, res, _ := other.Get(ctx, viewerKey); res != ResultHitLocal {
+			t.Fatalf("other.Get() again = %v, want hit_local", res)
+		}
+		if err := a.Delete(ctx, viewerKey); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the delete to reach the other instance", func() bool {
+			_, ok := other.localGet(viewerKey.redisKeys("tc:").value)
+			return !ok
+		})
+		tok, res, err := other.Get(ctx, viewerKey)
+		if err != nil || res != ResultMiss || tok.Token == first.Token {
+			t.Errorf("Get() after delete = %q, %v, %v; want a new token", tok.Token, res, err)
+		}
+		// A delete of a missing key is fine.
+		if err := a.Delete(ctx, ChatKey("x", "y", "viewer", "")); err != nil {
+			t.Errorf("Delete() of a missing key = %v", err)
+		}
+	})
+}
+
+func TestRefreshInvalidatesOtherInstances(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	clk := newClock()
+	up := &fakeUpstream{}
+	opts := testOptions(func(o *Options) { o.Now = clk.Now })
+	fleet := newFleet(t, rdb, up, 2, &opts)
+	a, other := fleet[0], fleet[1]
+	ctx := context.Background()
+	first, _, _ := a.Get(ctx, viewerKey)
+	_, _, _ = other.Get(ctx, viewerKey) // now in other's local cache
+	clk.Add(5*time.Hour + time.Minute)
+	_, _, _ = a.Get(ctx, viewerKey) // stale: a refreshes
+	eventually(t, "other instance to see the refreshed token", func() bool {
+		tok, _, _ := other.Get(ctx, viewerKey)
+		return tok.Token != first.Token
+	})
+}

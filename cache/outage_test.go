@@ -1,0 +1,138 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/tokencache/tokencache/internal/redistest"
+)
+
+func TestRedisDownAndBack(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	up := &fakeUpstream{delay: 50 * time.Millisecond}
+	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.RateLimit = 1000 }))
+	ctx := context.Background()
+	warm, _, err := c.Get(ctx, viewerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	srv.Kill()
+
+	// A warm token is served from the local cache.
+	if tok, res, err := c.Get(ctx, viewerKey); err != nil || res != ResultHitLocal || tok.Token != warm.Token {
+		t.Errorf("warm Get() with Redis down = %q, %v, %v", tok.Token, res, err)
+	}
+	// A cold key is fetched once for all concurrent callers of this process.
+	cold := ChatKey("2094979", "cold-user", "viewer", "")
+	before := up.calls.Load()
+	var failures atomic.Int64
+	hammer(200, func(int) {
+		if _, _, err := c.Get(ctx, cold); err != nil {
+			failures.Add(1)
+		}
+	})
+	if failures.Load() != 0 {
+		t.Errorf("%d requests failed with Redis down", failures.Load())
+	}
+	if got := up.calls.Load() - before; got != 1 {
+		t.Errorf("upstream calls for a cold key with Redis down = %d, want 1", got)
+	}
+
+	// The circuit is open: further requests do not touch Redis.
+	eventually(t, "the circuit to open", func() bool {
+		_, _, _ = c.Get(ctx, ChatKey("x", fmt.Sprint(time.Now().UnixNano()), "viewer", ""))
+		return c.RedisCircuit() == "open"
+	})
+	errsBefore := testutil.ToFloat64(c.metrics.redisErrors)
+	openedAt := time.Now()
+	const requests = 50
+	for i := range requests {
+		if _, _, err := c.Get(ctx, ChatKey("open", fmt.Sprint(i), "viewer", "")); err != nil {
+			t.Fatalf("Get() with the circuit open: %v", err)
+		}
+	}
+	// At most one probe per open period reaches the dead Redis.
+	probes := 1 + time.Since(openedAt)/c.opts.BreakerOpenFor
+	if got := testutil.ToFloat64(c.metrics.redisErrors) - errsBefore; got > float64(probes) {
+		t.Errorf("%v Redis errors for %d requests with the circuit open, want at most %d probes", got, requests, probes)
+	}
+
+	// Redis comes back: the cache uses it again by itself.
+	srv.Restart(t)
+	back := ChatKey("2094979", "after-recovery", "viewer", "")
+	eventually(t, "the cache to store in Redis again", func() bool {
+		_, _, _ = c.Get(ctx, back)
+		c.dropLocal(back.redisKeys("tc:").value)
+		n, _ := srv.Client(t).Exists(ctx, back.redisKeys("tc:").value).Result()
+		return n == 1
+	})
+	if c.RedisCircuit() != "closed" {
+		t.Errorf("circuit = %s after recovery, want closed", c.RedisCircuit())
+	}
+	if err := c.Ready(ctx); err != nil {
+		t.Errorf("Ready() after recovery = %v", err)
+	}
+}
+
+func TestRedisDownLocalRateLimit(t *testing.T) {
+	srv := redistest.Start(t)
+	up := &fakeUpstream{}
+	c := newCache(t, srv.Client(t), up, testOptions(func(o *Options) { o.RateLimit = 10 }))
+	srv.Kill()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	var unavailable atomic.Int64
+	hammer(40, func(i int) {
+		if _, _, err := c.Get(ctx, ChatKey("c", fmt.Sprint(i), "viewer", "")); err != nil {
+			unavailable.Add(1)
+		}
+	})
+	// 10/s with a burst of 1 allows about 4 calls in 300ms.
+	if got := up.calls.Load(); got > 5 {
+		t.Errorf("upstream calls in 300ms at 10/s with Redis down = %d", got)
+	}
+	if unavailable.Load() < 30 {
+		t.Errorf("only %d of 40 requests were refused", unavailable.Load())
+	}
+}
+
+func TestCluster(t *testing.T) {
+	rdb := redistest.StartCluster(t, 3)
+	up := &fakeUpstream{delay: 50 * time.Millisecond}
+	fleet := newFleet(t, rdb, up, 3, nil)
+	var failures atomic.Int64
+	hammer(300, func(i int) {
+		if _, _, err := fleet[i%3].Get(context.Background(), viewerKey); err != nil {
+			failures.Add(1)
+		}
+	})
+	if got := up.calls.Load(); got != 1 || failures.Load() != 0 {
+		t.Errorf("cluster: upstream calls = %d, failures = %d; want 1 and 0", got, failures.Load())
+	}
+	up.calls.Store(0)
+	hammer(300, func(i int) {
+		k := ChatKey("2094979", fmt.Sprint(i%100), "viewer", "")
+		if _, _, err := fleet[i%3].Get(context.Background(), k); err != nil {
+			t.Errorf("cluster Get(): %v", err)
+		}
+	})
+	if got := up.calls.Load(); got != 100 {
+		t.Errorf("cluster: upstream calls for 100 keys = %d, want 100", got)
+	}
+	// Invalidation crosses nodes.
+	if err := fleet[0].Delete(context.Background(), viewerKey); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the delete to reach the others", func() bool {
+		_, ok1 := fleet[1].localGet(viewerKey.redisKeys("tc:").value)
+		_, ok2 := fleet[2].localGet(viewerKey.redisKeys("tc:").value)
+		return !ok1 && !ok2
+	})
+}
