@@ -1,0 +1,75 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/polyv"
+	"github.com/tokencache/tokencache/polyv/polyvsim"
+)
+
+// benchRedis is a real redis-server when there is one, else miniredis.
+func benchRedis(b *testing.B) redis.UniversalClient {
+	rdb, _ := backends()[1].open(b)
+	return rdb
+}
+
+// BenchmarkGet measures the three paths side by side in one run:
+// hit_local, hit_redis (local cache off) and a miss through the simulator.
+func BenchmarkGet(b *testing.B) {
+	b.Run("hit_local", func(b *testing.B) {
+		c := newCache(b, benchRedis(b), &fakeUpstream{}, testOptions(nil))
+		benchHits(b, c)
+	})
+	b.Run("hit_redis", func(b *testing.B) {
+		c := newCache(b, benchRedis(b), &fakeUpstream{}, testOptions(func(o *Options) { o.LocalSize = -1 }))
+		benchHits(b, c)
+	})
+	b.Run("miss_simulator", func(b *testing.B) {
+		sim := polyvsim.NewTestServer(polyvsim.Options{})
+		b.Cleanup(sim.Close)
+		client, err := polyv.New(polyv.Options{AppID: sim.Sim.AppID(), AppSecret: "sim-secret", BaseURL: sim.URL})
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := newCache(b, benchRedis(b), client, testOptions(nil))
+		var n atomic.Int64
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				k := ChatKey("bench", fmt.Sprint(n.Add(1)), "viewer", "")
+				if _, res, err := c.Get(context.Background(), k); err != nil || res != ResultMiss {
+					b.Errorf("Get() = %v, %v", res, err)
+					return
+				}
+			}
+		})
+	})
+}
+
+// benchHits reads 1000 warm keys round-robin.
+func benchHits(b *testing.B, c *Cache) {
+	ctx := context.Background()
+	keys := make([]Key, 1000)
+	for i := range keys {
+		keys[i] = ChatKey("bench", fmt.Sprint(i), "viewer", "web")
+		if _, _, err := c.Get(ctx, keys[i]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var n atomic.Int64
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, _, err := c.Get(ctx, keys[n.Add(1)%int64(len(keys))]); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
