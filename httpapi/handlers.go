@@ -1,0 +1,220 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/tokencache/tokencache/cache"
+)
+
+// chatTokenBody is the 200 body of a chat token.
+type chatTokenBody struct {
+	ChannelID        string    `json:"channelId"`
+	UserID           string    `json:"userId"`
+	Role             string    `json:"role"`
+	Origin           string    `json:"origin"`
+	Token            string    `json:"token"`
+	MediaChannelKey  string    `json:"mediaChannelKey"`
+	RoomID           string    `json:"roomId"`
+	ChildRoomEnabled string    `json:"childRoomEnabled"`
+	ChatAPIDomain    string    `json:"chatApiDomain"`
+	ChatDomain       string    `json:"chatDomain"`
+	IssuedAt         time.Time `json:"issuedAt"`
+	ExpiresAt        time.Time `json:"expiresAt"`
+}
+
+func newChatTokenBody(r tokenRequest, t cache.Token) chatTokenBody {
+	return chatTokenBody{
+		ChannelID: r.ChannelID, UserID: r.UserID, Role: r.Role, Origin: r.Origin,
+		Token: t.Token, MediaChannelKey: t.MediaChannelKey, RoomID: t.RoomID, ChildRoomEnabled: t.ChildRoomEnabled,
+		ChatAPIDomain: t.ChatAPIDomain, ChatDomain: t.ChatDomain,
+		IssuedAt: t.IssuedAt.UTC().Truncate(time.Second), ExpiresAt: t.ExpiresAt().UTC().Truncate(time.Second),
+	}
+}
+
+// cacheStatus is the RFC 9211 Cache-Status value for a result.
+func cacheStatus(r cache.Result) string {
+	switch r {
+	case cache.ResultHitLocal, cache.ResultHitRedis:
+		return "tokencache; hit"
+	case cache.ResultStale:
+		return "tokencache; fwd=stale"
+	case cache.ResultMiss:
+		return "tokencache; fwd=miss; stored"
+	case cache.ResultCoalesced:
+		return "tokencache; fwd=miss; collapsed"
+	case cache.ResultNegative:
+		return "tokencache; hit; detail=negative"
+	}
+	return "tokencache; fwd=miss"
+}
+
+func (s *server) getChatToken(c echo.Context) error {
+	req, err := chatRequestFromQuery(c.Param("channelId"), c.QueryParams())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.Request().Context(), s.opts.RequestTimeout)
+	defer cancel()
+	tok, res, err := s.opts.Cache.Get(ctx, cache.ChatKey(req.ChannelID, req.UserID, req.Role, req.Origin))
+	c.Response().Header().Set("Cache-Status", cacheStatus(res))
+	if err != nil {
+		return err
+	}
+	c.Response().Header().Set("Cache-Control", "no-store")
+	return c.JSON(http.StatusOK, newChatTokenBody(req, tok))
+}
+
+func (s *server) deleteChatToken(c echo.Context) error {
+	req, err := chatRequestFromQuery(c.Param("channelId"), c.QueryParams())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.Request().Context(), s.opts.RequestTimeout)
+	defer cancel()
+	if err := s.opts.Cache.Delete(ctx, cache.ChatKey(req.ChannelID, req.UserID, req.Role, req.Origin)); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+// channelTokenBody is the 200 body of the old channel token.
+type channelTokenBody struct {
+	ChannelID       string    `json:"channelId"`
+	Token           string    `json:"token"`
+	MediaChannelKey string    `json:"mediaChannelKey"`
+	IssuedAt        time.Time `json:"issuedAt"`
+	ExpiresAt       time.Time `json:"expiresAt"`
+}
+
+// deprecatedSince is when the old get-token route was deprecated (RFC 9745).
+const deprecatedSince = "@1767225600" // 2026-01-01T00:00:00Z
+
+func (s *server) getChannelToken(c echo.Context) error {
+	channelID := c.Param("channelId")
+	if err := validateChannelID(channelID); err != nil {
+		return err
+	}
+	h := c.Response().Header()
+	h.Set("Deprecation", deprecatedSince)
+	h.Set("Link", `</v1/channels/`+channelID+`/chat-token>; rel="successor-version"`)
+	ctx, cancel := context.WithTimeout(c.Request().Context(), s.opts.RequestTimeout)
+	defer cancel()
+	tok, res, err := s.opts.Cache.Get(ctx, cache.ChannelKey(channelID))
+	h.Set("Cache-Status", cacheStatus(res))
+	if err != nil {
+		return err
+	}
+	h.Set("Cache-Control", "no-store")
+	return c.JSON(http.StatusOK, channelTokenBody{
+		ChannelID: channelID, Token: tok.Token, MediaChannelKey: tok.MediaChannelKey,
+		IssuedAt: tok.IssuedAt.UTC().Truncate(time.Second), ExpiresAt: tok.ExpiresAt().UTC().Truncate(time.Second),
+	})
+}
+
+// bulkItem is one request of a bulk call.
+type bulkItem struct {
+	UserID string `json:"userId"`
+	Role   string `json:"role"`
+	Origin string `json:"origin"`
+}
+
+// bulkError is a failed item of a bulk call.
+type bulkError struct {
+	UserID string    `json:"userId"`
+	Role   string    `json:"role"`
+	Origin string    `json:"origin"`
+	Error  *apiError `json:"error"`
+}
+
+func (s *server) bulkChatTokens(c echo.Context) error {
+	channelID := c.Param("channelId")
+	if err := validateChannelID(channelID); err != nil {
+		return err
+	}
+	var body struct {
+		Requests *[]bulkItem `json:"requests"`
+	}
+	dec := json.NewDecoder(c.Request().Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return echo.ErrStatusRequestEntityTooLarge
+		}
+		return invalid("body", "body must be JSON: {\"requests\":[{\"userId\",\"role\",\"origin\"}]}")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return invalid("body", "body must hold one JSON object")
+	}
+	if body.Requests == nil || len(*body.Requests) == 0 || len(*body.Requests) > maxBulk {
+		return invalid("requests", "requests must hold 1 to 1000 items")
+	}
+	items := *body.Requests
+
+	// Validate every item before any work; a bad item fails alone.
+	results := make([]any, len(items))
+	reqs := make([]tokenRequest, len(items))
+	for i, it := range items {
+		reqs[i] = tokenRequest{ChannelID: channelID, UserID: it.UserID, Role: it.Role, Origin: it.Origin}
+		if err := validateChat(reqs[i]); err != nil {
+			results[i] = bulkError{UserID: it.UserID, Role: it.Role, Origin: it.Origin, Error: toAPIError(err)}
+		}
+	}
+
+	// Bulk prefetch waits its turn at the rate limit, up to BulkTimeout.
+	ctx, cancel := context.WithTimeout(c.Request().Context(), s.opts.BulkTimeout)
+	defer cancel()
+	sem := make(chan struct{}, s.opts.BulkConcurrency)
+	var wg sync.WaitGroup
+	for i, r := range reqs {
+		if results[i] != nil {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			tok, _, err := s.opts.Cache.Get(ctx, cache.ChatKey(r.ChannelID, r.UserID, r.Role, r.Origin))
+			if err != nil {
+				results[i] = bulkError{UserID: r.UserID, Role: r.Role, Origin: r.Origin, Error: toAPIError(err)}
+				return
+			}
+			results[i] = newChatTokenBody(r, tok)
+		}()
+	}
+	wg.Wait()
+	c.Response().Header().Set("Cache-Control", "no-store")
+	return c.JSON(http.StatusOK, map[string][]any{"results": results})
+}
+
+func (s *server) healthz(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readyz reports Redis's state. The service answers without Redis, from its
+// local cache and Polyv, so a Redis outage reports "degraded" with 200, not
+// 503: pulling every instance out of the load balancer would be worse.
+func (s *server) readyz(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), time.Second)
+	defer cancel()
+	body := map[string]any{
+		"status":        "ok",
+		"redis":         "ok",
+		"redisCircuit":  s.opts.Cache.RedisCircuit(),
+		"embeddedRedis": s.opts.EmbeddedRedis,
+		"config":        "ok",
+	}
+	if err := s.opts.Cache.Ready(ctx); err != nil {
+		body["status"] = "degraded"
+		body["redis"] = "unreachable"
+	}
+	return c.JSON(http.StatusOK, body)
+}

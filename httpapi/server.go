@@ -1,0 +1,176 @@
+// Package httpapi is tokencache's HTTP API on echo: routes, validation, auth,
+// error mapping, metrics and the OpenAPI spec.
+package httpapi
+
+import (
+	"context"
+	"crypto/subtle"
+	_ "embed"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tokencache/tokencache/cache"
+)
+
+// TokenCache is what the API needs from the cache.
+type TokenCache interface {
+	Get(ctx context.Context, k cache.Key) (cache.Token, cache.Result, error)
+	Delete(ctx context.Context, k cache.Key) error
+	Ready(ctx context.Context) error
+	RedisCircuit() string
+}
+
+var _ TokenCache = (*cache.Cache)(nil)
+
+// OpenAPISpec is the API's OpenAPI 3 document, served at /openapi.yaml.
+//
+//go:embed openapi.yaml
+var OpenAPISpec []byte
+
+// Options configures the API. Zero fields take the defaults noted.
+type Options struct {
+	Cache TokenCache // required
+	// APIKeys are the accepted bearer keys. With none, every /v1 request is
+	// refused, unless AuthDisabled.
+	APIKeys []string
+	// AuthDisabled lets /v1 requests through without a key.
+	AuthDisabled bool
+	// EmbeddedRedis is reported by /readyz.
+	EmbeddedRedis bool
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registry receives the API's metrics and is served at /metrics; it
+	// defaults to a new registry.
+	Registry *prometheus.Registry
+	// RequestTimeout bounds a single-token request; it defaults to 10s.
+	RequestTimeout time.Duration
+	// BulkTimeout bounds a bulk request, which waits its turn at the rate
+	// limit; it defaults to 120s.
+	BulkTimeout time.Duration
+	// BulkConcurrency bounds the items of one bulk request in flight; it
+	// defaults to 16.
+	BulkConcurrency int
+	// MaxBodyBytes bounds request bodies; it defaults to 1 MiB.
+	MaxBodyBytes int64
+}
+
+type server struct {
+	opts    Options
+	metrics *requestMetrics
+}
+
+// New returns the API as an echo instance, ready to Start or to serve.
+func New(opts Options) *echo.Echo {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = 10 * time.Second
+	}
+	if opts.BulkTimeout <= 0 {
+		opts.BulkTimeout = 120 * time.Second
+	}
+	if opts.BulkConcurrency <= 0 {
+		opts.BulkConcurrency = 16
+	}
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = 1 << 20
+	}
+	s := &server{opts: opts, metrics: newRequestMetrics(opts.Registry)}
+
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = errorHandler(opts.Logger)
+	e.Use(
+		middleware.RequestID(),
+		s.metrics.middleware,
+		accessLog(opts.Logger),
+		middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true, LogErrorFunc: func(c echo.Context, err error, _ []byte) error {
+			return err
+		}}),
+		middleware.BodyLimit(formatBytes(opts.MaxBodyBytes)),
+	)
+
+	e.GET("/healthz", s.healthz)
+	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{})))
+	e.GET("/openapi.yaml", func(c echo.Context) error { return c.Blob(http.StatusOK, "application/yaml", OpenAPISpec) })
+
+	v1 := e.Group("/v1", s.auth())
+	v1.GET("/channels/:channelId/chat-token", s.getChatToken)
+	v1.DELETE("/channels/:channelId/chat-token", s.deleteChatToken)
+	v1.POST("/channels/:channelId/chat-tokens", s.bulkChatTokens)
+	v1.GET("/channels/:channelId/token", s.getChannelToken)
+	return e
+}
+
+// auth checks the bearer key in constant time against every configured key.
+func (s *server) auth() echo.MiddlewareFunc {
+	if s.opts.AuthDisabled {
+		return func(next echo.HandlerFunc) echo.HandlerFunc { return next }
+	}
+	keys := make([][]byte, len(s.opts.APIKeys))
+	for i, k := range s.opts.APIKeys {
+		keys[i] = []byte(k)
+	}
+	unauthenticated := &apiError{Status: http.StatusUnauthorized, Code: codeUnauthenticated,
+		Message: "missing or invalid API key: send Authorization: Bearer <key>"}
+	return middleware.KeyAuthWithConfig(middleware.KeyAuthConfig{
+		Validator: func(key string, _ echo.Context) (bool, error) {
+			ok := 0
+			for _, k := range keys {
+				ok |= subtle.ConstantTimeCompare([]byte(key), k)
+			}
+			return ok == 1, nil
+		},
+		ErrorHandler: func(error, echo.Context) error {
+			return unauthenticated
+		},
+	})
+}
+
+// accessLog logs one line per request at info, without query strings: they
+// hold user ids.
+func accessLog(log *slog.Logger) echo.MiddlewareFunc {
+	return middleware.RequestLoggerWithConfig(middleware.RequestLoggerConfig{
+		LogStatus: true, LogLatency: true, LogMethod: true, LogRoutePath: true, LogRequestID: true, LogURIPath: true,
+		HandleError: true,
+		LogValuesFunc: func(c echo.Context, v middleware.RequestLoggerValues) error {
+			log.LogAttrs(c.Request().Context(), slog.LevelInfo, "request",
+				slog.String("request_id", v.RequestID), slog.String("method", v.Method),
+				slog.String("route", v.RoutePath), slog.String("path", v.URIPath),
+				slog.Int("status", v.Status), slog.Duration("latency", v.Latency),
+				slog.String("cache_status", c.Response().Header().Get("Cache-Status")))
+			return nil
+		},
+	})
+}
+
+func formatBytes(n int64) string {
+	if n%(1<<20) == 0 {
+		return itoa(int(n>>20)) + "M"
+	}
+	if n%(1<<10) == 0 {
+		return itoa(int(n>>10)) + "K"
+	}
+	return itoa(int(n))
+}
+
+// routeLabel is the route template of a request, never its raw path.
+func routeLabel(c echo.Context) string {
+	p := c.Path()
+	if p == "" || strings.Contains(p, "*") {
+		return "unmatched"
+	}
+	return p
+}
