@@ -106,11 +106,13 @@ func New(opts Options) *echo.Echo {
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{})))
 	e.GET("/openapi.yaml", func(c echo.Context) error { return c.Blob(http.StatusOK, "application/yaml", OpenAPISpec) })
 
-	v1 := e.Group("/v1", s.auth())
-	v1.GET("/channels/:channelId/chat-token", s.getChatToken)
-	v1.DELETE("/channels/:channelId/chat-token", s.deleteChatToken)
-	v1.POST("/channels/:channelId/chat-tokens", s.bulkChatTokens)
-	v1.GET("/channels/:channelId/token", s.getChannelToken)
+	// Routes, not a group, carry the auth: an echo group with middleware
+	// answers a wrong method with 404 instead of 405.
+	auth := s.auth()
+	e.GET("/v1/channels/:channelId/chat-token", s.getChatToken, auth)
+	e.DELETE("/v1/channels/:channelId/chat-token", s.deleteChatToken, auth)
+	e.POST("/v1/channels/:channelId/chat-tokens", s.bulkChatTokens, auth)
+	e.GET("/v1/channels/:channelId/token", s.getChannelToken, auth)
 	return e
 }
 
