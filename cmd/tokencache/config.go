@@ -1,0 +1,313 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tokencache/tokencache/polyv"
+)
+
+// Config is the server's whole configuration. Every field has an
+// environment variable and a flag; see settings.
+type Config struct {
+	Addr           string
+	AppID          string
+	AppSecret      polyv.Secret
+	AppSecretFile  string
+	BaseURL        string
+	PolyvTimeout   time.Duration
+	RateLimit      int
+	SignMethod     string
+	RedisURL       string
+	RedisCluster   bool
+	APIKeys        []string
+	APIKeysFile    string
+	Auth           string
+	TTL            time.Duration
+	RefreshAfter   time.Duration
+	NegativeTTL    time.Duration
+	LocalSize      int
+	KeyPrefix      string
+	LogLevel       string
+	LogFormat      string
+	Demo           bool
+	ShutdownPeriod time.Duration
+}
+
+// setting binds one environment variable and its flag to a Config field.
+type setting struct {
+	env   string
+	def   string
+	help  string
+	value flag.Value
+}
+
+// flagName derives a setting's flag from its variable: TOKENCACHE_TTL is -ttl,
+// POLYV_APP_ID is -polyv-app-id.
+func (s setting) flagName() string {
+	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(s.env, "TOKENCACHE_")), "_", "-")
+}
+
+// settings lists every setting with its default, in one place.
+func (c *Config) settings() []setting {
+	return []setting{
+		{"TOKENCACHE_ADDR", ":8080", "listen address", (*stringValue)(&c.Addr)},
+		{"POLYV_APP_ID", "", "Polyv appId (required unless -demo)", (*stringValue)(&c.AppID)},
+		{"POLYV_APP_SECRET", "", "Polyv appSecret (required unless -demo; or use POLYV_APP_SECRET_FILE)", (*secretValue)(&c.AppSecret)},
+		{"POLYV_APP_SECRET_FILE", "", "file holding the Polyv appSecret", (*stringValue)(&c.AppSecretFile)},
+		{"POLYV_BASE_URL", "https://api.polyv.net", "Polyv API base URL", (*stringValue)(&c.BaseURL)},
+		{"POLYV_TIMEOUT", "5s", "timeout of each Polyv attempt", (*durationValue)(&c.PolyvTimeout)},
+		{"POLYV_RATE_LIMIT", "100", "fleet-wide Polyv requests per second", (*intValue)(&c.RateLimit)},
+		{"POLYV_SIGN_METHOD", "MD5", "Polyv signature method: MD5 or SHA256", (*stringValue)(&c.SignMethod)},
+		{"REDIS_URL", "", "redis:// or rediss:// URL; empty means an embedded in-memory Redis for one instance", (*stringValue)(&c.RedisURL)},
+		{"REDIS_CLUSTER", "false", "parse REDIS_URL as a cluster URL (more nodes as addr= params)", (*boolValue)(&c.RedisCluster)},
+		{"TOKENCACHE_API_KEYS", "", "comma-separated bearer API keys (or use TOKENCACHE_API_KEYS_FILE)", (*listValue)(&c.APIKeys)},
+		{"TOKENCACHE_API_KEYS_FILE", "", "file holding API keys, one per line or comma-separated", (*stringValue)(&c.APIKeysFile)},
+		{"TOKENCACHE_AUTH", "", "set to none to turn API-key auth off on purpose", (*stringValue)(&c.Auth)},
+		{"TOKENCACHE_TTL", "5h45m", "how long a token is cached; must be under 6h", (*durationValue)(&c.TTL)},
+		{"TOKENCACHE_REFRESH_AFTER", "5h", "token age from which hits refresh it in the background", (*durationValue)(&c.RefreshAfter)},
+		{"TOKENCACHE_NEGATIVE_TTL", "30s", "how long a Polyv rejection is remembered", (*durationValue)(&c.NegativeTTL)},
+		{"TOKENCACHE_LOCAL_SIZE", "100000", "local cache entries (0 turns it off)", (*intValue)(&c.LocalSize)},
+		{"TOKENCACHE_KEY_PREFIX", "tc:", "Redis key prefix", (*stringValue)(&c.KeyPrefix)},
+		{"TOKENCACHE_LOG_LEVEL", "info", "debug, info, warn or error", (*stringValue)(&c.LogLevel)},
+		{"TOKENCACHE_LOG_FORMAT", "json", "json or text", (*stringValue)(&c.LogFormat)},
+		{"TOKENCACHE_SHUTDOWN_PERIOD", "20s", "how long in-flight requests may take to finish at shutdown", (*durationValue)(&c.ShutdownPeriod)},
+	}
+}
+
+// loadConfig reads the environment, then the flags, then secret files, and
+// validates. The error lists every problem, one per line.
+func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
+	var c Config
+	var problems []string
+	fs := flag.NewFlagSet("tokencache", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	for _, s := range c.settings() {
+		v := s.def
+		if e := getenv(s.env); e != "" {
+			v = e
+		}
+		if err := s.value.Set(v); err != nil {
+			problems = append(problems, fmt.Sprintf("%s=%q: %v", s.env, v, err))
+		}
+		fs.Var(s.value, s.flagName(), s.help+" (env "+s.env+")")
+	}
+	fs.BoolVar(&c.Demo, "demo", false, "start an in-process Polyv simulator and embedded Redis, with generated credentials")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		problems = append(problems, fmt.Sprintf("unexpected arguments: %q", fs.Args()))
+	}
+	problems = append(problems, c.readFiles()...)
+	problems = append(problems, c.validate()...)
+	if len(problems) > 0 {
+		return c, errors.New(strings.Join(problems, "\n"))
+	}
+	return c, nil
+}
+
+// readFiles loads the secret and the API keys from their files, if set.
+func (c *Config) readFiles() []string {
+	var problems []string
+	if c.AppSecretFile != "" {
+		b, err := os.ReadFile(c.AppSecretFile)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("POLYV_APP_SECRET_FILE: %v", err))
+		} else {
+			c.AppSecret = polyv.Secret(strings.TrimSpace(string(b)))
+		}
+	}
+	if c.APIKeysFile != "" {
+		b, err := os.ReadFile(c.APIKeysFile)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("TOKENCACHE_API_KEYS_FILE: %v", err))
+		} else {
+			c.APIKeys = append(c.APIKeys, splitList(strings.ReplaceAll(string(b), "\n", ","))...)
+		}
+	}
+	return problems
+}
+
+func (c *Config) validate() []string {
+	var p []string
+	if !c.Demo {
+		if strings.TrimSpace(c.AppID) == "" {
+			p = append(p, "POLYV_APP_ID is required (or run with -demo)")
+		}
+		if strings.TrimSpace(c.AppSecret.Reveal()) == "" {
+			p = append(p, "POLYV_APP_SECRET or POLYV_APP_SECRET_FILE is required (or run with -demo)")
+		}
+		if len(c.APIKeys) == 0 && c.Auth != "none" {
+			p = append(p, "TOKENCACHE_API_KEYS or TOKENCACHE_API_KEYS_FILE is required; set TOKENCACHE_AUTH=none to turn auth off on purpose")
+		}
+	}
+	if c.Auth != "" && c.Auth != "none" {
+		p = append(p, fmt.Sprintf("TOKENCACHE_AUTH=%q: the only value is none", c.Auth))
+	}
+	if !strings.HasPrefix(c.BaseURL, "http://") && !strings.HasPrefix(c.BaseURL, "https://") {
+		p = append(p, fmt.Sprintf("POLYV_BASE_URL=%q: must start with https:// or http://", c.BaseURL))
+	}
+	if c.PolyvTimeout <= 0 {
+		p = append(p, "POLYV_TIMEOUT must be positive")
+	}
+	if c.RateLimit <= 0 {
+		p = append(p, "POLYV_RATE_LIMIT must be positive")
+	}
+	if !polyv.SignMethod(c.SignMethod).Valid() {
+		p = append(p, fmt.Sprintf("POLYV_SIGN_METHOD=%q: must be MD5 or SHA256", c.SignMethod))
+	}
+	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
+		p = append(p, "REDIS_URL must start with redis:// or rediss://")
+	}
+	if c.RedisCluster && c.RedisURL == "" {
+		p = append(p, "REDIS_CLUSTER=true needs REDIS_URL")
+	}
+	if c.TTL <= 0 || c.TTL >= polyv.TokenValidity {
+		p = append(p, fmt.Sprintf("TOKENCACHE_TTL=%v: must be positive and under 6h, Polyv's token validity", c.TTL))
+	}
+	if c.RefreshAfter <= 0 || c.RefreshAfter >= c.TTL {
+		p = append(p, fmt.Sprintf("TOKENCACHE_REFRESH_AFTER=%v: must be positive and under TOKENCACHE_TTL (%v)", c.RefreshAfter, c.TTL))
+	}
+	if c.NegativeTTL <= 0 {
+		p = append(p, "TOKENCACHE_NEGATIVE_TTL must be positive")
+	}
+	if c.LocalSize < 0 {
+		p = append(p, "TOKENCACHE_LOCAL_SIZE must be 0 (off) or more")
+	}
+	if c.KeyPrefix == "" {
+		p = append(p, "TOKENCACHE_KEY_PREFIX must not be empty")
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		p = append(p, "TOKENCACHE_LOG_LEVEL: "+err.Error())
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		p = append(p, fmt.Sprintf("TOKENCACHE_LOG_FORMAT=%q: must be json or text", c.LogFormat))
+	}
+	if c.ShutdownPeriod <= 0 {
+		p = append(p, "TOKENCACHE_SHUTDOWN_PERIOD must be positive")
+	}
+	return p
+}
+
+// LogValue logs the config with its secrets masked.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("addr", c.Addr), slog.String("polyvAppId", c.AppID), slog.Any("polyvAppSecret", c.AppSecret),
+		slog.String("polyvBaseUrl", c.BaseURL), slog.String("polyvTimeout", c.PolyvTimeout.String()),
+		slog.Int("polyvRateLimit", c.RateLimit), slog.String("polyvSignMethod", c.SignMethod),
+		slog.String("redis", redactURL(c.RedisURL)), slog.Bool("redisCluster", c.RedisCluster),
+		slog.Int("apiKeys", len(c.APIKeys)), slog.String("auth", c.Auth),
+		slog.String("ttl", c.TTL.String()), slog.String("refreshAfter", c.RefreshAfter.String()), slog.String("negativeTtl", c.NegativeTTL.String()),
+		slog.Int("localSize", c.LocalSize), slog.String("keyPrefix", c.KeyPrefix), slog.Bool("demo", c.Demo),
+	)
+}
+
+// Format prints the config as LogValue does, whatever the verb.
+func (c Config) Format(f fmt.State, _ rune) { fmt.Fprint(f, c.LogValue().String()) }
+
+// redactURL drops the password of a Redis URL.
+func redactURL(u string) string {
+	if u == "" {
+		return "embedded"
+	}
+	scheme, rest, ok := strings.Cut(u, "://")
+	if !ok {
+		return "[unparseable]"
+	}
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		rest = "[redacted]@" + rest[at+1:]
+	}
+	return scheme + "://" + rest
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	err := l.UnmarshalText([]byte(s))
+	return l, err
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if p := strings.TrimSpace(part); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// flag.Value adapters for the Config fields.
+type (
+	stringValue   string
+	secretValue   polyv.Secret
+	durationValue time.Duration
+	intValue      int
+	boolValue     bool
+	listValue     []string
+)
+
+func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
+func (v *stringValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return string(*v)
+}
+func (v *secretValue) Set(s string) error { *v = secretValue(s); return nil }
+func (v *secretValue) String() string     { return "" }
+func (v *durationValue) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return errors.New("not a duration such as 30s or 5h45m")
+	}
+	*v = durationValue(d)
+	return nil
+}
+func (v *durationValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return time.Duration(*v).String()
+}
+func (v *intValue) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return errors.New("not a whole number")
+	}
+	*v = intValue(n)
+	return nil
+}
+func (v *intValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return strconv.Itoa(int(*v))
+}
+func (v *boolValue) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return errors.New("not true or false")
+	}
+	*v = boolValue(b)
+	return nil
+}
+func (v *boolValue) String() string {
+	if v == nil {
+		return "false"
+	}
+	return strconv.FormatBool(bool(*v))
+}
+func (v *boolValue) IsBoolFlag() bool { return true }
+func (v *listValue) Set(s string) error {
+	*v = splitList(s)
+	return nil
+}
+func (v *listValue) String() string { return "" }

@@ -1,0 +1,227 @@
+// Command tokencache serves Polyv chat tokens from a Redis-backed cache. See
+// the README for its configuration; -demo runs it with no Polyv account and no
+// Redis.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/cache"
+	"github.com/tokencache/tokencache/httpapi"
+	"github.com/tokencache/tokencache/polyv"
+	"github.com/tokencache/tokencache/polyv/polyvsim"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "tokencache:", err)
+		os.Exit(1)
+	}
+}
+
+// bulkTimeout bounds a bulk request; the server's write timeout leaves room for it.
+const bulkTimeout = 120 * time.Second
+
+// run starts the server and blocks until ctx ends, then shuts down gracefully.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := loadConfig(args, getenv, stderr)
+	if err != nil {
+		return fmt.Errorf("configuration:\n%w", err)
+	}
+	log := newLogger(cfg, stderr)
+
+	var cleanup []func()
+	defer func() {
+		for i := len(cleanup) - 1; i >= 0; i-- {
+			cleanup[i]()
+		}
+	}()
+
+	if cfg.Demo {
+		closeSim, err := startDemo(&cfg)
+		if err != nil {
+			return err
+		}
+		cleanup = append(cleanup, closeSim)
+	}
+
+	rdb, embedded, err := openRedis(cfg)
+	if err != nil {
+		return err
+	}
+	cleanup = append(cleanup, func() { _ = rdb.Close() })
+	if embedded != nil {
+		cleanup = append(cleanup, embedded.Close)
+		log.Warn("REDIS_URL is empty: using an embedded in-memory Redis, which suits one instance only; tokens are lost on restart")
+	}
+	if cfg.Auth == "none" {
+		log.Warn("TOKENCACHE_AUTH=none: the API accepts requests without an API key")
+	}
+
+	client, err := polyv.New(polyv.Options{
+		AppID: cfg.AppID, AppSecret: cfg.AppSecret, BaseURL: cfg.BaseURL,
+		SignMethod: polyv.SignMethod(cfg.SignMethod), Timeout: cfg.PolyvTimeout,
+	})
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := cache.NewMetrics()
+	reg.MustRegister(metrics.Collectors()...)
+
+	localSize := cfg.LocalSize
+	if localSize == 0 {
+		localSize = -1 // off
+	}
+	tc, err := cache.New(rdb, client, cache.Options{
+		Prefix: cfg.KeyPrefix, TTL: cfg.TTL, RefreshAfter: cfg.RefreshAfter, NegativeTTL: cfg.NegativeTTL,
+		LocalSize: localSize, RateLimit: cfg.RateLimit, Metrics: metrics,
+		FillTimeout: 3*cfg.PolyvTimeout + time.Second,
+	})
+	if err != nil {
+		return err
+	}
+	cleanup = append(cleanup, func() { _ = tc.Close() })
+
+	e := httpapi.New(httpapi.Options{
+		Cache: tc, APIKeys: cfg.APIKeys, AuthDisabled: cfg.Auth == "none", EmbeddedRedis: embedded != nil,
+		Logger: log, Registry: reg, BulkTimeout: bulkTimeout,
+	})
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	srv := &http.Server{
+		Handler:           e,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      bulkTimeout + 10*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	url := "http://" + dialable(ln.Addr().String())
+	log.Info("ready", "url", url, "config", cfg)
+	if cfg.Demo {
+		fmt.Fprintf(stdout, "tokencache demo is up (Polyv simulator and embedded Redis). Try:\n\n")
+		fmt.Fprintf(stdout, "curl -sS -H 'Authorization: Bearer %s' '%s/v1/channels/2094979/chat-token?userId=1b448be323&role=viewer&origin=web'\n\n", cfg.APIKeys[0], url)
+	}
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "grace", cfg.ShutdownPeriod.String())
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownPeriod)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	level, _ := parseLevel(cfg.LogLevel) // validated
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// openRedis connects to REDIS_URL, or starts an embedded miniredis when it is
+// empty. Timeouts are short: the cache falls back to local state rather than
+// wait for a sick Redis.
+func openRedis(cfg Config) (redis.UniversalClient, *miniredis.Miniredis, error) {
+	const (
+		dialTimeout = time.Second
+		ioTimeout   = 500 * time.Millisecond
+	)
+	if cfg.RedisURL == "" {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+			return nil, nil, fmt.Errorf("start embedded redis: %w", err)
+		}
+		return redis.NewClient(&redis.Options{Addr: mr.Addr(), DialTimeout: dialTimeout, ReadTimeout: ioTimeout, WriteTimeout: ioTimeout}), mr, nil
+	}
+	if cfg.RedisCluster {
+		o, err := redis.ParseClusterURL(cfg.RedisURL)
+		if err != nil {
+			return nil, nil, fmt.Errorf("REDIS_URL: %w", err)
+		}
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = dialTimeout, ioTimeout, ioTimeout
+		return redis.NewClusterClient(o), nil, nil
+	}
+	o, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("REDIS_URL: %w", err)
+	}
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = dialTimeout, ioTimeout, ioTimeout
+	return redis.NewClient(o), nil, nil
+}
+
+// startDemo starts an in-process Polyv simulator and fills in generated
+// credentials and an API key where the config has none.
+func startDemo(cfg *Config) (stop func(), err error) {
+	if cfg.AppID == "" {
+		cfg.AppID = "demo-app"
+	}
+	if cfg.AppSecret == "" {
+		cfg.AppSecret = polyv.Secret(randomHex(16))
+	}
+	if len(cfg.APIKeys) == 0 && cfg.Auth != "none" {
+		cfg.APIKeys = []string{"demo-" + randomHex(12)}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("demo simulator: %w", err)
+	}
+	sim := &http.Server{Handler: polyvsim.New(polyvsim.Options{AppID: cfg.AppID, AppSecret: cfg.AppSecret.Reveal()}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = sim.Serve(ln) }()
+	cfg.BaseURL = "http://" + ln.Addr().String()
+	return func() { _ = sim.Close() }, nil
+}
+
+// dialable turns a listen address into one a client can dial.
+func dialable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,255 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/polyv/polyvsim"
+)
+
+// syncBuffer is a bytes.Buffer safe to write and read at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func envFunc(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+// startRun runs the server and returns its URL and output; it stops at cleanup
+// and checks that run returned nil.
+func startRun(t *testing.T, args []string, env map[string]string) (url string, stdout, stderr *syncBuffer, stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stdout, stderr = &syncBuffer{}, &syncBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, args, envFunc(env), stdout, stderr) }()
+	re := regexp.MustCompile(`"msg":"ready","url":"(http://[^"]+)"`)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if m := re.FindStringSubmatch(stderr.String()); m != nil {
+			url = m[1]
+			break
+		}
+		select {
+		case err := <-done:
+			cancel()
+			t.Fatalf("run() returned early: %v\n%s", err, stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("server not ready:\n%s", stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() { cancel(); runErr = <-done })
+		return runErr
+	}
+	t.Cleanup(func() { _ = stop() })
+	return url, stdout, stderr, stop
+}
+
+func TestEndToEnd(t *testing.T) {
+	redisSrv := redistest.Start(t)
+	sim := polyvsim.NewTestServer(polyvsim.Options{AppID: "e2e-app", AppSecret: "e2e-secret-value"})
+	t.Cleanup(sim.Close)
+	url, _, stderr, stop := startRun(t, nil, map[string]string{
+		"TOKENCACHE_ADDR": "127.0.0.1:0", "POLYV_APP_ID": "e2e-app", "POLYV_APP_SECRET": "e2e-secret-value",
+		"POLYV_BASE_URL": sim.URL, "REDIS_URL": "redis://" + redisSrv.Addr, "TOKENCACHE_API_KEYS": "k1,k2",
+	})
+
+	get := func(path, key string) (*http.Response, []byte) {
+		req, _ := http.NewRequest("GET", url+path, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, b
+	}
+	const path = "/v1/channels/2094979/chat-token?userId=1b448be323&role=viewer&origin=web"
+	resp, body := get(path, "k2")
+	if resp.StatusCode != 200 || resp.Header.Get("Cache-Status") != "tokencache; fwd=miss; stored" {
+		t.Fatalf("first GET = %d %s %s", resp.StatusCode, resp.Header.Get("Cache-Status"), body)
+	}
+	var tok struct{ Token string }
+	_ = json.Unmarshal(body, &tok)
+	resp, body = get(path, "k1")
+	if resp.StatusCode != 200 || resp.Header.Get("Cache-Status") != "tokencache; hit" || !strings.Contains(string(body), tok.Token) {
+		t.Fatalf("second GET = %d %s %s", resp.StatusCode, resp.Header.Get("Cache-Status"), body)
+	}
+	if n := sim.Sim.Stats().Issued; n != 1 {
+		t.Errorf("Polyv calls = %d, want 1", n)
+	}
+	keys, _ := redisSrv.Client(t).Keys(context.Background(), "tc:v1:*").Result()
+	if len(keys) == 0 {
+		t.Error("nothing stored in the real Redis")
+	}
+	resp, body = get("/readyz", "")
+	if !strings.Contains(string(body), `"embeddedRedis":false`) || !strings.Contains(string(body), `"redis":"ok"`) {
+		t.Errorf("readyz = %s", body)
+	}
+
+	// Graceful shutdown: a request in flight when the signal comes finishes.
+	sim.Sim.SetLatency(500 * time.Millisecond)
+	inflight := make(chan int, 1)
+	go func() {
+		resp, _ := get("/v1/channels/2094979/chat-token?userId=slow&role=viewer", "k1")
+		inflight <- resp.StatusCode
+	}()
+	time.Sleep(150 * time.Millisecond)
+	if err := stop(); err != nil {
+		t.Fatalf("run() = %v", err)
+	}
+	if code := <-inflight; code != 200 {
+		t.Errorf("in-flight request = %d, want 200", code)
+	}
+	if out := stderr.String(); strings.Contains(out, "e2e-secret-value") || !strings.Contains(out, `"msg":"stopped"`) {
+		t.Errorf("log leaks the secret or lacks the stop line:\n%s", out)
+	}
+}
+
+func TestDemoCurlWorks(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("curl is not installed; .ci/run installs it")
+		}
+		t.Skip("curl is not installed")
+	}
+	_, stdout, _, _ := startRun(t, []string{"-demo", "-addr", "127.0.0.1:0"}, map[string]string{})
+	line := ""
+	for _, l := range strings.Split(stdout.String(), "\n") {
+		if strings.HasPrefix(l, "curl ") {
+			line = l
+		}
+	}
+	if line == "" {
+		t.Fatalf("no curl line in:\n%s", stdout)
+	}
+	out, err := exec.Command("sh", "-c", line).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", line, err, out)
+	}
+	var body struct{ Token, ChannelID string }
+	if err := json.Unmarshal(out, &body); err != nil || len(body.Token) != 32 || body.ChannelID != "2094979" {
+		t.Errorf("curl printed %s", out)
+	}
+}
+
+func TestBindErrorReportedAtOnce(t *testing.T) {
+	err := run(context.Background(), []string{"-demo", "-addr", "256.0.0.1:1"}, envFunc(nil), io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "listen") {
+		t.Errorf("run() = %v, want a listen error", err)
+	}
+}
+
+func TestConfigListsEveryProblem(t *testing.T) {
+	_, err := loadConfig(nil, envFunc(map[string]string{
+		"TOKENCACHE_TTL": "7h", "POLYV_RATE_LIMIT": "lots", "POLYV_SIGN_METHOD": "SHA1", "TOKENCACHE_LOG_FORMAT": "xml",
+		"REDIS_URL": "http://x",
+	}), io.Discard)
+	if err == nil {
+		t.Fatal("loadConfig() = nil")
+	}
+	for _, want := range []string{"POLYV_APP_ID", "POLYV_APP_SECRET", "TOKENCACHE_API_KEYS", "TOKENCACHE_TTL", "POLYV_RATE_LIMIT",
+		"POLYV_SIGN_METHOD", "TOKENCACHE_LOG_FORMAT", "REDIS_URL"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s:\n%v", want, err)
+		}
+	}
+	if n := strings.Count(err.Error(), "\n") + 1; n < 8 {
+		t.Errorf("%d lines, want one per problem:\n%v", n, err)
+	}
+}
+
+func TestConfigFlagsOverrideEnvAndFilesWork(t *testing.T) {
+	dir := t.TempDir()
+	secretFile, keysFile := dir+"/secret", dir+"/keys"
+	os.WriteFile(secretFile, []byte("file-secret\n"), 0o600)
+	os.WriteFile(keysFile, []byte("a\nb, c\n"), 0o600)
+	cfg, err := loadConfig([]string{"-ttl", "2h", "-refresh-after", "1h", "-polyv-app-id", "flag-app", "-redis-cluster"},
+		envFunc(map[string]string{"TOKENCACHE_TTL": "5h", "POLYV_APP_ID": "env-app", "POLYV_APP_SECRET_FILE": secretFile,
+			"TOKENCACHE_API_KEYS_FILE": keysFile, "REDIS_URL": "redis://127.0.0.1:1"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TTL != 2*time.Hour || cfg.AppID != "flag-app" || cfg.AppSecret.Reveal() != "file-secret" ||
+		strings.Join(cfg.APIKeys, ",") != "a,b,c" || !cfg.RedisCluster {
+		t.Errorf("config = %+v", cfg)
+	}
+}
+
+func TestAuthRequiredUnlessNone(t *testing.T) {
+	env := map[string]string{"POLYV_APP_ID": "a", "POLYV_APP_SECRET": "s"}
+	if _, err := loadConfig(nil, envFunc(env), io.Discard); err == nil || !strings.Contains(err.Error(), "TOKENCACHE_AUTH=none") {
+		t.Errorf("no keys: %v", err)
+	}
+	env["TOKENCACHE_AUTH"] = "none"
+	if _, err := loadConfig(nil, envFunc(env), io.Discard); err != nil {
+		t.Errorf("auth none: %v", err)
+	}
+}
+
+func TestConfigSecretsMasked(t *testing.T) {
+	cfg, err := loadConfig(nil, envFunc(map[string]string{"POLYV_APP_ID": "a", "POLYV_APP_SECRET": "top-secret-1",
+		"TOKENCACHE_API_KEYS": "api-key-secret", "REDIS_URL": "redis://user:redis-pass@host:6379/0"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	fmt.Fprintf(&out, "%v %+v %s %#v\n", cfg, cfg, cfg, cfg)
+	newLogger(Config{LogFormat: "json", LogLevel: "info"}, &out).Info("cfg", "config", cfg)
+	for _, secret := range []string{"top-secret-1", "api-key-secret", "redis-pass"} {
+		if strings.Contains(out.String(), secret) {
+			t.Errorf("%q printed:\n%s", secret, out.String())
+		}
+	}
+}
+
+// TestREADMEConfigTable fails when the README's configuration table drifts
+// from the settings in code.
+func TestREADMEConfigTable(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := configTable()
+	if !strings.Contains(string(readme), want) {
+		t.Errorf("README.md's configuration table differs from the code; it should read:\n\n%s", want)
+	}
+}
+
+func configTable() string {
+	var b strings.Builder
+	b.WriteString("| variable | flag | default | meaning |\n| --- | --- | --- | --- |\n")
+	var c Config
+	for _, s := range c.settings() {
+		def := "`" + s.def + "`"
+		if s.def == "" {
+			def = "empty"
+		}
+		fmt.Fprintf(&b, "| `%s` | `-%s` | %s | %s |\n", s.env, s.flagName(), def, s.help)
+	}
+	b.WriteString("| | `-demo` | off | start an in-process Polyv simulator and embedded Redis, with generated credentials |\n")
+	return b.String()
+}
