@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/healthcheck"
 	"github.com/tokencache/tokencache/polyv/polyvsim"
 )
 
@@ -29,6 +30,9 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string) error {
+	if len(args) > 0 && args[0] == "healthcheck" {
+		return healthcheck.Probe(ctx, "http://127.0.0.1"+envOr(getenv, "POLYVSIM_ADDR", ":8090")+"/stats")
+	}
 	fs := flag.NewFlagSet("polyvsim", flag.ContinueOnError)
 	appID := fs.String("app-id", envOr(getenv, "POLYV_APP_ID", "sim-app"), "appId to accept (env POLYV_APP_ID)")
 	appSecret := fs.String("app-secret", envOr(getenv, "POLYV_APP_SECRET", "sim-secret"), "appSecret to verify signatures with (env POLYV_APP_SECRET)")

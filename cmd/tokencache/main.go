@@ -25,6 +25,7 @@ import (
 
 	"github.com/tokencache/tokencache/cache"
 	"github.com/tokencache/tokencache/httpapi"
+	"github.com/tokencache/tokencache/internal/healthcheck"
 	"github.com/tokencache/tokencache/polyv"
 	"github.com/tokencache/tokencache/polyv/polyvsim"
 )
@@ -43,6 +44,13 @@ const bulkTimeout = 120 * time.Second
 
 // run starts the server and blocks until ctx ends, then shuts down gracefully.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "healthcheck" {
+		addr := getenv("TOKENCACHE_ADDR")
+		if addr == "" {
+			addr = ":8080"
+		}
+		return healthcheck.Probe(ctx, "http://"+dialable(addr)+"/healthz")
+	}
 	cfg, err := loadConfig(args, getenv, stderr)
 	if err != nil {
 		return fmt.Errorf("configuration:\n%w", err)
