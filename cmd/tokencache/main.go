@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -163,34 +164,52 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-// openRedis connects to REDIS_URL, or starts an embedded miniredis when it is
-// empty. Timeouts are short: the cache falls back to local state rather than
-// wait for a sick Redis.
+// openRedis connects to REDIS_URL: a Cluster with REDIS_CLUSTER, Sentinel
+// when the URL names a master_name, else a single server. An empty URL starts
+// an embedded miniredis. Timeouts the URL leaves unset are short: the cache
+// falls back to local state rather than wait for a sick Redis.
 func openRedis(cfg Config) (redis.UniversalClient, *miniredis.Miniredis, error) {
 	const (
 		dialTimeout = time.Second
 		ioTimeout   = 500 * time.Millisecond
 	)
-	if cfg.RedisURL == "" {
+	short := func(dial, read, write *time.Duration) {
+		for _, d := range []struct {
+			p *time.Duration
+			v time.Duration
+		}{{dial, dialTimeout}, {read, ioTimeout}, {write, ioTimeout}} {
+			if *d.p == 0 {
+				*d.p = d.v
+			}
+		}
+	}
+	switch {
+	case cfg.RedisURL == "":
 		mr := miniredis.NewMiniRedis()
 		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
 			return nil, nil, fmt.Errorf("start embedded redis: %w", err)
 		}
 		return redis.NewClient(&redis.Options{Addr: mr.Addr(), DialTimeout: dialTimeout, ReadTimeout: ioTimeout, WriteTimeout: ioTimeout}), mr, nil
-	}
-	if cfg.RedisCluster {
+	case cfg.RedisCluster:
 		o, err := redis.ParseClusterURL(cfg.RedisURL)
 		if err != nil {
 			return nil, nil, fmt.Errorf("REDIS_URL: %w", err)
 		}
-		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = dialTimeout, ioTimeout, ioTimeout
+		short(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout)
 		return redis.NewClusterClient(o), nil, nil
+	case strings.Contains(cfg.RedisURL, "master_name="):
+		o, err := redis.ParseFailoverURL(cfg.RedisURL)
+		if err != nil {
+			return nil, nil, fmt.Errorf("REDIS_URL: %w", err)
+		}
+		short(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout)
+		return redis.NewFailoverClient(o), nil, nil
 	}
 	o, err := redis.ParseURL(cfg.RedisURL)
 	if err != nil {
 		return nil, nil, fmt.Errorf("REDIS_URL: %w", err)
 	}
-	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = dialTimeout, ioTimeout, ioTimeout
+	short(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout)
 	return redis.NewClient(o), nil, nil
 }
 
