@@ -72,4 +72,3 @@ func benchHits(b *testing.B, c *Cache) {
 		}
 	})
 }
-

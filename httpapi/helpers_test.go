@@ -83,5 +83,4 @@ var (
 	errInternal      = errors.New("disk on fire")
 )
 
-
 func newTestLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

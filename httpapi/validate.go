@@ -25,10 +25,6 @@ type tokenRequest struct {
 	Origin    string
 }
 
-func (r tokenRequest) polyv() polyv.ChatTokenRequest {
-	return polyv.ChatTokenRequest{ChannelID: r.ChannelID, UserID: r.UserID, Role: r.Role, Origin: r.Origin}
-}
-
 func isIDChar(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
 }

@@ -109,7 +109,7 @@ func TestEndToEnd(t *testing.T) {
 	if len(keys) == 0 {
 		t.Error("nothing stored in the real Redis")
 	}
-	resp, body = get("/readyz", "")
+	_, body = get("/readyz", "")
 	if !strings.Contains(string(body), `"embeddedRedis":false`) || !strings.Contains(string(body), `"redis":"ok"`) {
 		t.Errorf("readyz = %s", body)
 	}
