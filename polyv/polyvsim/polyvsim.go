@@ -63,6 +63,7 @@ type Server struct {
 	illegal   map[string]bool
 	limiter   *rate.Limiter
 	stats     Stats
+	issued    map[string][]string // tokens issued per key, for checking clients
 }
 
 // Stats counts the calls the simulator has answered.
@@ -106,6 +107,7 @@ func New(opts Options) *Server {
 	s.mux.HandleFunc("GET /stats", s.serveStats)
 	s.mux.HandleFunc("DELETE /stats", func(w http.ResponseWriter, _ *http.Request) { s.ResetStats(); w.WriteHeader(http.StatusNoContent) })
 	s.mux.HandleFunc("POST /control", s.serveControl)
+	s.mux.HandleFunc("GET /issued", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.Issued()) })
 	return s
 }
 
@@ -155,11 +157,25 @@ func (s *Server) Stats() Stats {
 	}
 }
 
-// ResetStats sets every count to zero.
+// ResetStats sets every count to zero and forgets the issued tokens.
 func (s *Server) ResetStats() {
 	s.mu.Lock()
 	s.stats = Stats{Calls: map[string]int64{}, Outcomes: map[string]int64{}, Keys: map[string]int64{}}
+	s.issued = map[string][]string{}
 	s.mu.Unlock()
+}
+
+// Issued returns the tokens issued per key (as in Stats.Keys), so that a
+// client can check that every token it was given is one Polyv issued for
+// that key. GET /issued serves it.
+func (s *Server) Issued() map[string][]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string][]string, len(s.issued))
+	for k, v := range s.issued {
+		out[k] = slices.Clone(v)
+	}
+	return out
 }
 
 // reply is Polyv's JSON envelope.
@@ -217,6 +233,9 @@ func (s *Server) handle(endpoint string) http.HandlerFunc {
 			key = strings.Join([]string{params["channelId"], params["userId"], params["role"], params["origin"]}, "/")
 		}
 		s.count("ok", key)
+		s.mu.Lock()
+		s.issued[key] = append(s.issued[key], token)
+		s.mu.Unlock()
 		writeJSON(w, http.StatusOK, reply{Code: 200, Status: "success", Message: "", Data: data})
 	}
 }

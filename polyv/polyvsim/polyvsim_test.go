@@ -108,6 +108,9 @@ func TestFaultsAndStats(t *testing.T) {
 	if err := json.Unmarshal(w.Body.Bytes(), &st); err != nil {
 		t.Fatal(err)
 	}
+	if got := s.Issued()["100/u1/viewer/"]; len(got) != 2 || len(got[0]) != 32 || got[0] == got[1] {
+		t.Errorf("issued tokens = %v, want 2 distinct", got)
+	}
 	if st.Calls["get-chat-token"] != 6 || st.Calls["get-token"] != 1 || st.Keys["100/u1/viewer/"] != 2 || st.Issued != 2 {
 		t.Errorf("stats = %+v", st)
 	}

@@ -1,0 +1,335 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+)
+
+// attackReport is what `tokenload attack` prints.
+type attackReport struct {
+	Name          string         `json:"name"`
+	Requests      uint64         `json:"requests"`
+	Duration      string         `json:"duration"`
+	Throughput    float64        `json:"throughputPerSecond"`
+	Rate          float64        `json:"ratePerSecond"`
+	Success       float64        `json:"successRatio"`
+	LatencyP50    string         `json:"latencyP50"`
+	LatencyP90    string         `json:"latencyP90"`
+	LatencyP99    string         `json:"latencyP99"`
+	LatencyMax    string         `json:"latencyMax"`
+	LatencyP50Ms  float64        `json:"latencyP50Ms"`
+	LatencyP99Ms  float64        `json:"latencyP99Ms"`
+	StatusCodes   map[string]int `json:"statusCodes"`
+	CacheStatus   map[string]int `json:"cacheStatus"`
+	ErrorCodes    map[string]int `json:"errorCodes"`
+	Transport     int            `json:"transportErrors"`
+	TransportEg   []string       `json:"transportErrorExamples,omitempty"`
+	UpstreamSim   *int64         `json:"upstreamCallsSimulator,omitempty"`
+	UpstreamProm  *float64       `json:"upstreamCallsMetrics,omitempty"`
+	EmptyTokens   int            `json:"emptyTokens"`
+	WrongTokens   *int           `json:"wrongTokens,omitempty"`
+	WrongEg       []string       `json:"wrongTokenExamples,omitempty"`
+	OffTable      int            `json:"errorsOffTable"`
+	OffTableEg    []string       `json:"errorsOffTableExamples,omitempty"`
+	DistinctKeys  int            `json:"distinctKeys"`
+}
+
+func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("tokenload attack", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	targets := fs.String("targets", "http://127.0.0.1:8080", "comma-separated tokencache base URLs, used round-robin")
+	key := fs.String("key", os.Getenv("TOKENLOAD_API_KEY"), "API key (env TOKENLOAD_API_KEY)")
+	rate := fs.Int("rate", 200, "requests per second; 0 sends as fast as -max-workers allow")
+	duration := fs.Duration("duration", 10*time.Second, "how long to attack")
+	workers := fs.Uint64("workers", 16, "initial workers")
+	maxWorkers := fs.Uint64("max-workers", 256, "most concurrent requests")
+	timeout := fs.Duration("timeout", 30*time.Second, "per-request timeout")
+	channels := fs.Int("channels", 10, "channels")
+	users := fs.Int("users", 1000, "known users per channel")
+	roleMix := fs.String("roles", "viewer=0.95,guest=0.03,assistant=0.01,teacher=0.01", "role mix, role=weight,...")
+	popularity := fs.String("popularity", "zipf", "how known users are picked: zipf or uniform")
+	zipfS := fs.Float64("zipf-s", 1.1, "zipf exponent (over 1)")
+	missRatio := fs.Float64("miss-ratio", 0, "fraction of requests for never-seen users (forced misses)")
+	seed := fs.Uint64("seed", uint64(time.Now().UnixNano()), "random seed")
+	stats := fs.String("stats", "", "Polyv simulator base URL: count its calls and check every token against /issued")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	output := fs.String("output", "", "write the results in vegeta's binary format, for `vegeta report` and `vegeta plot`")
+	name := fs.String("name", "tokenload", "attack name in the results")
+	quiet := fs.Bool("quiet", false, "no live progress line")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	roles, err := parseRoleMix(*roleMix)
+	if err != nil {
+		return err
+	}
+	wl, err := newWorkload(*channels, *users, roles, *popularity, *zipfS, *missRatio, *seed)
+	if err != nil {
+		return err
+	}
+	bases := splitTargets(*targets)
+	if len(bases) == 0 {
+		return errors.New("-targets is empty")
+	}
+	if *rate < 0 || (*rate == 0 && *maxWorkers == 0) {
+		return errors.New("-rate 0 needs -max-workers")
+	}
+
+	var enc vegeta.Encoder
+	if *output != "" {
+		f, err := os.Create(*output)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		enc = vegeta.NewEncoder(f)
+	}
+
+	simBefore, simErr := simCalls(ctx, *stats)
+	promBefore := upstreamFromMetrics(ctx, bases)
+
+	var next atomic.Uint64
+	targeter := func(t *vegeta.Target) error {
+		id := wl.next()
+		base := bases[next.Add(1)%uint64(len(bases))]
+		q := url.Values{"userId": {id.UserID}, "role": {id.Role}}
+		if id.Origin != "" {
+			q.Set("origin", id.Origin)
+		}
+		t.Method = http.MethodGet
+		t.URL = base + "/v1/channels/" + url.PathEscape(id.ChannelID) + "/chat-token?" + q.Encode()
+		t.Header = http.Header{"Authorization": {"Bearer " + *key}}
+		return nil
+	}
+	attacker := vegeta.NewAttacker(vegeta.Workers(*workers), vegeta.MaxWorkers(*maxWorkers), vegeta.Timeout(*timeout),
+		vegeta.KeepAlive(true), vegeta.Connections(int(*maxWorkers)), vegeta.MaxBody(64<<10))
+	go func() { <-ctx.Done(); attacker.Stop() }()
+
+	var metrics vegeta.Metrics
+	chk := newChecker()
+	var done, failed atomic.Int64
+	stopProgress := progress(stderr, *quiet, func(elapsed time.Duration) string {
+		n := done.Load()
+		return fmt.Sprintf("attack %5.1fs  requests %d  rate %.0f/s  non-2xx %d", elapsed.Seconds(), n, float64(n)/elapsed.Seconds(), failed.Load())
+	})
+	transportEg := map[string]bool{}
+	for res := range attacker.Attack(vegeta.Targeter(targeter), vegeta.Rate{Freq: *rate, Per: time.Second}, *duration, *name) {
+		metrics.Add(res)
+		chk.add(res)
+		done.Add(1)
+		if res.Code < 200 || res.Code > 299 {
+			failed.Add(1)
+		}
+		if res.Error != "" && len(transportEg) < 3 {
+			transportEg[res.Error] = true
+		}
+		if enc != nil {
+			if err := enc.Encode(res); err != nil {
+				return fmt.Errorf("write results: %w", err)
+			}
+		}
+	}
+	stopProgress()
+	metrics.Close()
+
+	rep := attackReport{
+		Name: *name, Requests: metrics.Requests, Duration: metrics.Duration.Round(time.Millisecond).String(),
+		Throughput: metrics.Throughput, Rate: metrics.Rate, Success: metrics.Success,
+		LatencyP50: metrics.Latencies.P50.String(), LatencyP90: metrics.Latencies.P90.String(),
+		LatencyP99: metrics.Latencies.P99.String(), LatencyMax: metrics.Latencies.Max.String(),
+		LatencyP50Ms: ms(metrics.Latencies.P50), LatencyP99Ms: ms(metrics.Latencies.P99),
+		StatusCodes: metrics.StatusCodes, CacheStatus: chk.cacheStatus, ErrorCodes: chk.errorCodes,
+		Transport: chk.transport, EmptyTokens: chk.empty, OffTable: chk.offTable, OffTableEg: chk.offTableEg,
+		DistinctKeys: len(chk.tokens),
+	}
+	for e := range transportEg {
+		rep.TransportEg = append(rep.TransportEg, e)
+	}
+	if simErr == nil {
+		if after, err := simCalls(ctx, *stats); err == nil {
+			n := after - simBefore
+			rep.UpstreamSim = &n
+		}
+		if issued, err := simIssued(ctx, *stats); err == nil {
+			wrong, eg := chk.wrongTokens(issued)
+			rep.WrongTokens, rep.WrongEg = &wrong, eg
+		}
+	}
+	if promBefore != nil {
+		if after := upstreamFromMetrics(ctx, bases); after != nil {
+			n := *after - *promBefore
+			rep.UpstreamProm = &n
+		}
+	}
+	if *asJSON {
+		e := json.NewEncoder(stdout)
+		e.SetIndent("", "  ")
+		return e.Encode(rep)
+	}
+	printReport(stdout, rep)
+	return nil
+}
+
+func printReport(w io.Writer, r attackReport) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "requests\t%d in %s (%.1f/s sent, %.1f/s succeeded)\n", r.Requests, r.Duration, r.Rate, r.Throughput)
+	fmt.Fprintf(tw, "success\t%.2f%%\n", 100*r.Success)
+	fmt.Fprintf(tw, "latency\tp50 %s  p90 %s  p99 %s  max %s\n", r.LatencyP50, r.LatencyP90, r.LatencyP99, r.LatencyMax)
+	fmt.Fprintf(tw, "status codes\t%s\n", formatCounts(r.StatusCodes))
+	fmt.Fprintf(tw, "Cache-Status\t%s\n", formatCounts(r.CacheStatus))
+	if len(r.ErrorCodes) > 0 {
+		fmt.Fprintf(tw, "error codes\t%s\n", formatCounts(r.ErrorCodes))
+	}
+	if r.Transport > 0 {
+		fmt.Fprintf(tw, "transport errors\t%d %v\n", r.Transport, r.TransportEg)
+	}
+	if r.UpstreamSim != nil {
+		fmt.Fprintf(tw, "upstream calls\t%d (Polyv simulator /stats)\n", *r.UpstreamSim)
+	}
+	if r.UpstreamProm != nil {
+		fmt.Fprintf(tw, "upstream calls\t%.0f (tokencache_upstream_requests_total)\n", *r.UpstreamProm)
+	}
+	fmt.Fprintf(tw, "distinct keys\t%d\n", r.DistinctKeys)
+	check := fmt.Sprintf("empty tokens %d, errors off the table %d", r.EmptyTokens, r.OffTable)
+	if r.WrongTokens != nil {
+		check += fmt.Sprintf(", tokens Polyv never issued for their key %d", *r.WrongTokens)
+	}
+	fmt.Fprintf(tw, "checks\t%s\n", check)
+	for _, eg := range r.OffTableEg {
+		fmt.Fprintf(tw, "  off the table\t%s\n", eg)
+	}
+	tw.Flush()
+}
+
+func formatCounts(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, "  ")
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func splitTargets(s string) []string {
+	var out []string
+	for _, t := range strings.Split(s, ",") {
+		if t = strings.TrimRight(strings.TrimSpace(t), "/"); t != "" {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// progress prints line() on one terminal line every second until stopped.
+func progress(w io.Writer, quiet bool, line func(time.Duration) string) (stop func()) {
+	if quiet {
+		return func() {}
+	}
+	start := time.Now()
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				fmt.Fprintf(w, "\r%s\n", line(time.Since(start)))
+				return
+			case <-t.C:
+				fmt.Fprintf(w, "\r%s", line(time.Since(start)))
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+var httpClient = &http.Client{Timeout: 10 * time.Second}
+
+func getJSON(ctx context.Context, u string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// simCalls is the simulator's count of chat-token calls.
+func simCalls(ctx context.Context, base string) (int64, error) {
+	if base == "" {
+		return 0, errors.New("no simulator")
+	}
+	var st struct {
+		Calls map[string]int64 `json:"calls"`
+	}
+	err := getJSON(ctx, strings.TrimRight(base, "/")+"/stats", &st)
+	return st.Calls["get-chat-token"], err
+}
+
+func simIssued(ctx context.Context, base string) (map[string][]string, error) {
+	var issued map[string][]string
+	err := getJSON(ctx, strings.TrimRight(base, "/")+"/issued", &issued)
+	return issued, err
+}
+
+// upstreamFromMetrics sums tokencache_upstream_requests_total over targets;
+// nil if any target's /metrics cannot be read.
+func upstreamFromMetrics(ctx context.Context, bases []string) *float64 {
+	var sum float64
+	for _, b := range bases {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, b+"/metrics", nil)
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			return nil
+		}
+		p := expfmt.NewTextParser(model.UTF8Validation)
+		families, err := p.TextToMetricFamilies(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return nil
+		}
+		if f := families["tokencache_upstream_requests_total"]; f != nil {
+			for _, m := range f.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return &sum
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

@@ -1,0 +1,59 @@
+// Command tokenload drives tokencache for load tests, built on vegeta's
+// library:
+//
+//	tokenload attack    load with a configurable viewer mix, and a report
+//	tokenload warm      prefetch a token pool through the bulk endpoint
+//	tokenload baseline  a minimal echo server with a static body, the ceiling
+//	                    any echo service reaches on the machine
+//	tokenload compare   side-by-side table of attack reports (make bench-http)
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "tokenload:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: tokenload <command> [flags]
+
+commands:
+  attack     drive tokencache with a viewer mix and report latency, statuses and upstream calls
+  warm       prefetch tokens through the bulk endpoint into a JSONL pool
+  baseline   serve a static JSON body from a minimal echo server
+  compare    print attack reports (-json) side by side with ratios
+
+Run "tokenload <command> -h" for its flags.`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, usage)
+		return fmt.Errorf("no command")
+	}
+	switch args[0] {
+	case "attack":
+		return attackCmd(ctx, args[1:], stdout, stderr)
+	case "warm":
+		return warmCmd(ctx, args[1:], stdout, stderr)
+	case "baseline":
+		return baselineCmd(ctx, args[1:], stderr)
+	case "compare":
+		return compareCmd(args[1:], stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprintln(stdout, usage)
+		return nil
+	}
+	fmt.Fprintln(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
