@@ -24,31 +24,31 @@ import (
 
 // attackReport is what `tokenload attack` prints.
 type attackReport struct {
-	Name          string         `json:"name"`
-	Requests      uint64         `json:"requests"`
-	Duration      string         `json:"duration"`
-	Throughput    float64        `json:"throughputPerSecond"`
-	Rate          float64        `json:"ratePerSecond"`
-	Success       float64        `json:"successRatio"`
-	LatencyP50    string         `json:"latencyP50"`
-	LatencyP90    string         `json:"latencyP90"`
-	LatencyP99    string         `json:"latencyP99"`
-	LatencyMax    string         `json:"latencyMax"`
-	LatencyP50Ms  float64        `json:"latencyP50Ms"`
-	LatencyP99Ms  float64        `json:"latencyP99Ms"`
-	StatusCodes   map[string]int `json:"statusCodes"`
-	CacheStatus   map[string]int `json:"cacheStatus"`
-	ErrorCodes    map[string]int `json:"errorCodes"`
-	Transport     int            `json:"transportErrors"`
-	TransportEg   []string       `json:"transportErrorExamples,omitempty"`
-	UpstreamSim   *int64         `json:"upstreamCallsSimulator,omitempty"`
-	UpstreamProm  *float64       `json:"upstreamCallsMetrics,omitempty"`
-	EmptyTokens   int            `json:"emptyTokens"`
-	WrongTokens   *int           `json:"wrongTokens,omitempty"`
-	WrongEg       []string       `json:"wrongTokenExamples,omitempty"`
-	OffTable      int            `json:"errorsOffTable"`
-	OffTableEg    []string       `json:"errorsOffTableExamples,omitempty"`
-	DistinctKeys  int            `json:"distinctKeys"`
+	Name         string         `json:"name"`
+	Requests     uint64         `json:"requests"`
+	Duration     string         `json:"duration"`
+	Throughput   float64        `json:"throughputPerSecond"`
+	Rate         float64        `json:"ratePerSecond"`
+	Success      float64        `json:"successRatio"`
+	LatencyP50   string         `json:"latencyP50"`
+	LatencyP90   string         `json:"latencyP90"`
+	LatencyP99   string         `json:"latencyP99"`
+	LatencyMax   string         `json:"latencyMax"`
+	LatencyP50Ms float64        `json:"latencyP50Ms"`
+	LatencyP99Ms float64        `json:"latencyP99Ms"`
+	StatusCodes  map[string]int `json:"statusCodes"`
+	CacheStatus  map[string]int `json:"cacheStatus"`
+	ErrorCodes   map[string]int `json:"errorCodes"`
+	Transport    int            `json:"transportErrors"`
+	TransportEg  []string       `json:"transportErrorExamples,omitempty"`
+	UpstreamSim  *int64         `json:"upstreamCallsSimulator,omitempty"`
+	UpstreamProm *float64       `json:"upstreamCallsMetrics,omitempty"`
+	EmptyTokens  int            `json:"emptyTokens"`
+	WrongTokens  *int           `json:"wrongTokens,omitempty"`
+	WrongEg      []string       `json:"wrongTokenExamples,omitempty"`
+	OffTable     int            `json:"errorsOffTable"`
+	OffTableEg   []string       `json:"errorsOffTableExamples,omitempty"`
+	DistinctKeys int            `json:"distinctKeys"`
 }
 
 func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -112,4 +112,3 @@ func (c *checker) wrongTokens(issued map[string][]string) (wrong int, examples [
 	}
 	return wrong, examples
 }
-
