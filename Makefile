@@ -32,10 +32,20 @@ lint: ## gofmt check, go vet and staticcheck
 .PHONY: fuzz
 fuzz: ## run each fuzz test for 20s
 	$(GO) test ./polyv -run '^$$' -fuzz FuzzDecodeReply -fuzztime 20s
+	$(GO) test ./cache -run '^$$' -fuzz FuzzKeyInjective -fuzztime 20s
+	$(GO) test ./httpapi -run '^$$' -fuzz FuzzChatTokenRequest -fuzztime 20s
 
 .PHONY: bench
 bench: ## run the Go benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+.PHONY: bench-http
+bench-http: ## side-by-side HTTP benchmark: echo ceiling, hit (local), hit (Redis), miss; writes docs/benchmarks.md
+	bash scripts/bench-http.sh
+
+.PHONY: drills
+drills: ## fault drills, long form, against real processes; writes docs/drills.md
+	DRILLS_LONG=1 DRILLS_REPORT=$(CURDIR)/docs/drills.md $(GO) test -count=1 -timeout 30m -v ./drills
 
 .PHONY: clean
 clean: ## remove build output

@@ -1,0 +1,175 @@
+package drills
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func init() {
+	drillNotes["TestDrillRedisKilled"] = "redis-server is killed mid-run and restarted empty. Instances go on from their local caches and Polyv (per-process coalescing, local rate limit), then use Redis again by themselves. Bound: Polyv calls ≤ keys × (instances + 1)."
+	drillNotes["TestDrillPolyv5xx"] = "The simulator answers 30% of calls with 500 fail. The client retries, so most misses still succeed; the rest get 502 upstream_error. Bound: Polyv issues at most one token per key (a stored token is never fetched again)."
+	drillNotes["TestDrillPolyvSlow"] = "The simulator answers after 10 s. Warm keys keep being served; misses get 504 upstream_timeout after the attempts (POLYV_TIMEOUT=2s) run out. Bound: at most 3 attempts per new key."
+	drillNotes["TestDrillPolyvRateLimited"] = "The simulator answers with Polyv's qps error. Warm keys keep being served; misses get 503 upstream_unavailable with Retry-After; nothing is stored, so they succeed once the limit lifts."
+	drillNotes["TestDrillInstanceKilled"] = "One of two instances is killed mid-run. Its requests fail at the transport level (a load balancer would route away); the other instance answers everything. Bound: one Polyv call per key, as the fleet shares Redis."
+	drillNotes["TestDrillColdStampede"] = "2000 first requests for 50 keys arrive within 100 ms across 3 instances, with Polyv at 200 ms. Bound: exactly 50 Polyv calls."
+}
+
+func TestDrillRedisKilled(t *testing.T) {
+	s := newStack(t, 2, "-latency", "20ms")
+	d := phase(2*time.Second, 10*time.Second)
+	before := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String())
+	only200(t, "before", before)
+	record(t, "before", before, "")
+
+	s.redis.Kill()
+	during := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String(), "-miss-ratio", "0.1")
+	only200(t, "Redis down", during)
+	record(t, "Redis down", during, "")
+
+	s.redis.Restart(t)
+	for _, n := range s.nodes {
+		eventually(t, 20*time.Second, "readyz to see Redis again", func() bool {
+			var r struct{ Redis, RedisCircuit string }
+			getJSON(t, n.URL+"/readyz", &r)
+			return r.Redis == "ok" && r.RedisCircuit == "closed"
+		})
+	}
+	after := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String(), "-miss-ratio", "0.1")
+	only200(t, "after restart", after)
+	record(t, "after restart", after, "")
+
+	// Tokens fetched after the restart are stored in Redis again.
+	keys, err := s.redis.Client(t).Keys(t.Context(), "tc:v1:*").Result()
+	if err != nil || len(keys) == 0 {
+		t.Errorf("nothing stored in the restarted Redis: %v", err)
+	}
+	_, issued := s.sim.simStats(t)
+	keysSeen := before.DistinctKeys + during.DistinctKeys + after.DistinctKeys
+	if bound := int64(keysSeen * (len(s.nodes) + 1)); issued > bound {
+		t.Errorf("Polyv issued %d tokens for at most %d keys; bound %d", issued, keysSeen, bound)
+	}
+}
+
+func TestDrillPolyv5xx(t *testing.T) {
+	s := newStack(t, 2, "-latency", "10ms")
+	d := phase(2*time.Second, 10*time.Second)
+	s.sim.control(t, `{"errorRate":0.3}`)
+	faulty := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String(), "-miss-ratio", "0.5")
+	allowOnly(t, "30% 5xx", faulty, "502")
+	for code := range faulty.ErrorCodes {
+		if code != "502 upstream_error" {
+			t.Errorf("error %s, want only 502 upstream_error", code)
+		}
+	}
+	record(t, "30% of Polyv calls fail", faulty, "")
+	_, issued := s.sim.simStats(t)
+	if issued > int64(faulty.DistinctKeys) {
+		t.Errorf("Polyv issued %d tokens for %d keys: a key was fetched twice", issued, faulty.DistinctKeys)
+	}
+
+	s.sim.control(t, `{"errorRate":0}`)
+	after := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String(), "-miss-ratio", "0.2")
+	only200(t, "after", after)
+	record(t, "fault lifted", after, "")
+}
+
+func TestDrillPolyvSlow(t *testing.T) {
+	s := newStack(t, 2)
+	warm := attack(t, s, s.targets(), "-rate", "200", "-duration", "1s")
+	only200(t, "warm", warm)
+	record(t, "warm-up", warm, "")
+
+	s.sim.control(t, `{"latency":"10s"}`)
+	callsBefore, _ := s.sim.simStats(t)
+	slow := attack(t, s, s.targets(), "-rate", "100", "-duration", phase(2*time.Second, 10*time.Second).String(), "-miss-ratio", "0.2")
+	allowOnly(t, "Polyv slow", slow, "504")
+	if slow.StatusCodes["504"] == 0 || slow.StatusCodes["200"] == 0 {
+		t.Errorf("statuses %v, want hits served and misses timed out", slow.StatusCodes)
+	}
+	for code := range slow.ErrorCodes {
+		if code != "504 upstream_timeout" {
+			t.Errorf("error %s, want only 504 upstream_timeout", code)
+		}
+	}
+	// Let detached fills finish before counting.
+	time.Sleep(2 * time.Second)
+	calls, _ := s.sim.simStats(t)
+	if fresh := slow.StatusCodes["504"]; calls-callsBefore > int64(3*fresh) {
+		t.Errorf("%d Polyv calls for %d new keys, bound %d", calls-callsBefore, fresh, 3*fresh)
+	}
+	record(t, "Polyv answers after 10 s", slow, "")
+
+	s.sim.control(t, `{"latency":"0s"}`)
+	after := attack(t, s, s.targets(), "-rate", "200", "-duration", "1s", "-miss-ratio", "0.2")
+	only200(t, "after", after)
+	record(t, "fault lifted", after, "")
+}
+
+func TestDrillPolyvRateLimited(t *testing.T) {
+	s := newStack(t, 2)
+	warm := attack(t, s, s.targets(), "-rate", "200", "-duration", "1s")
+	only200(t, "warm", warm)
+	record(t, "warm-up", warm, "")
+
+	s.sim.control(t, `{"rateLimit":1}`)
+	limited := attack(t, s, s.targets(), "-rate", "200", "-duration", phase(2*time.Second, 10*time.Second).String(), "-miss-ratio", "0.2")
+	allowOnly(t, "Polyv rate limit", limited, "503")
+	if limited.StatusCodes["503"] == 0 {
+		t.Errorf("statuses %v, want 503s", limited.StatusCodes)
+	}
+	for code := range limited.ErrorCodes {
+		if code != "503 upstream_unavailable" {
+			t.Errorf("error %s, want only 503 upstream_unavailable", code)
+		}
+	}
+	record(t, "Polyv answers qps exceeded", limited, "")
+
+	s.sim.control(t, `{"rateLimit":0}`)
+	after := attack(t, s, s.targets(), "-rate", "200", "-duration", "1s", "-miss-ratio", "0.2")
+	only200(t, "after", after)
+	record(t, "fault lifted", after, "")
+}
+
+func TestDrillInstanceKilled(t *testing.T) {
+	s := newStack(t, 2, "-latency", "20ms")
+	d := phase(3*time.Second, 10*time.Second)
+	go func() {
+		time.Sleep(d / 3)
+		s.nodes[0].kill()
+	}()
+	r := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String(), "-miss-ratio", "0.1", "-timeout", "5s")
+	allowOnly(t, "instance killed", r, "0") // 0: transport errors from the dead instance
+	if r.Transport == 0 {
+		t.Error("no transport errors: the instance was not killed mid-run")
+	}
+	record(t, "one of two instances killed", r, "")
+	_, issued := s.sim.simStats(t)
+	if issued > int64(r.DistinctKeys)+int64(r.Transport) {
+		t.Errorf("Polyv issued %d tokens for %d keys", issued, r.DistinctKeys)
+	}
+
+	after := attack(t, s, s.nodes[1].URL, "-rate", "200", "-duration", "1s")
+	only200(t, "survivor", after)
+	record(t, "survivor alone", after, "")
+}
+
+func TestDrillColdStampede(t *testing.T) {
+	s := newStack(t, 3, "-latency", "200ms")
+	// Rate 0: each of the 2000 workers sends one request at once; Polyv's
+	// 200 ms latency outlasts the 150 ms attack, so none sends a second.
+	r := attack(t, s, s.targets(), "-channels", "1", "-users", "50", "-rate", "0", "-duration", "150ms",
+		"-workers", "2000", "-max-workers", "2000")
+	only200(t, "stampede", r)
+	if r.Requests < 1900 {
+		t.Errorf("only %d requests sent", r.Requests)
+	}
+	_, issued := s.sim.simStats(t)
+	if issued != 50 {
+		t.Errorf("Polyv issued %d tokens for 50 keys, want exactly 50", issued)
+	}
+	record(t, "2000 first requests, 50 keys, 3 instances", r, "(exactly 50 required)")
+	if !strings.Contains(fmtMap(r.CacheStatus), "collapsed") {
+		t.Errorf("no collapsed requests: %v", r.CacheStatus)
+	}
+}
