@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Side-by-side HTTP benchmark, in one run, under the same load from the same
+# tool (tokenload, on vegeta):
+#   ceiling    a minimal echo handler serving a static body of a token's size
+#   hit_local  tokencache, local cache on
+#   hit_redis  tokencache, local cache off: every hit is a Redis GET
+#   miss       tokencache, every request a new user, simulator at 100 ms
+# It prints the table and writes it into docs/benchmarks.md. It makes no
+# pass/fail claim: the numbers are ratios on whatever machine runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+WORKERS=${WORKERS:-32}
+SIM_LATENCY=${SIM_LATENCY:-100ms}
+CHANNELS=10
+USERS=100
+
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+echo "building..." >&2
+CGO_ENABLED=0 go build -trimpath -o "$work/" ./cmd/...
+bin=$work
+
+port() { echo $((20000 + RANDOM % 20000)); }
+wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+
+rp=$(port); redis-server --port "$rp" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 & pids+=($!)
+fast=$(port); "$bin/polyvsim" -addr "127.0.0.1:$fast" 2>"$work/sim-fast.log" & pids+=($!)
+slow=$(port); "$bin/polyvsim" -addr "127.0.0.1:$slow" -latency "$SIM_LATENCY" 2>"$work/sim-slow.log" & pids+=($!)
+wait_http "http://127.0.0.1:$fast/stats"; wait_http "http://127.0.0.1:$slow/stats"
+
+start_tc() { # name port sim-port extra-env...
+  local name=$1 p=$2 sp=$3; shift 3
+  env TOKENCACHE_ADDR="127.0.0.1:$p" POLYV_APP_ID=sim-app POLYV_APP_SECRET=sim-secret \
+    POLYV_BASE_URL="http://127.0.0.1:$sp" REDIS_URL="redis://127.0.0.1:$rp" TOKENCACHE_API_KEYS=bench \
+    POLYV_RATE_LIMIT=100000 "$@" "$bin/tokencache" >/dev/null 2>"$work/$name.log" & pids+=($!)
+  wait_http "http://127.0.0.1:$p/healthz"
+}
+pb=$(port); start_tc hit_local "$pb" "$fast"
+pc=$(port); start_tc hit_redis "$pc" "$fast" TOKENCACHE_LOCAL_SIZE=0
+pd=$(port); start_tc miss "$pd" "$slow" TOKENCACHE_KEY_PREFIX=miss:
+
+echo "warming $((CHANNELS * USERS)) tokens..." >&2
+"$bin/tokenload" warm -quiet -target "http://127.0.0.1:$pb" -key bench -generate $((CHANNELS * USERS)) -channels $CHANNELS -out "$work/pool.jsonl" >&2
+
+curl -fsS -H 'Authorization: Bearer bench' \
+  "http://127.0.0.1:$pb/v1/channels/load-0/chat-token?userId=user-0&role=$(head -1 "$work/pool.jsonl" | sed 's/.*"role":"\([a-z]*\)".*/\1/')&origin=web" \
+  >"$work/body.json" || true
+[ -s "$work/body.json" ] || head -1 "$work/pool.jsonl" >"$work/body.json"
+pa=$(port); "$bin/tokenload" baseline -addr "127.0.0.1:$pa" -body-file "$work/body.json" 2>"$work/baseline.log" & pids+=($!)
+wait_http "http://127.0.0.1:$pa/healthz"
+
+attack() { # name port extra-args...
+  local name=$1 p=$2; shift 2
+  echo "attack $name ($DURATION, $WORKERS concurrent)..." >&2
+  "$bin/tokenload" attack -quiet -json -name "$name" -targets "http://127.0.0.1:$p" -key bench \
+    -rate 0 -workers "$WORKERS" -max-workers "$WORKERS" -duration "$DURATION" \
+    -channels $CHANNELS -users $USERS -popularity uniform "$@" >"$work/$name.json"
+}
+attack ceiling "$pa"
+attack hit_local "$pb"
+attack hit_redis "$pc"
+attack miss "$pd" -miss-ratio 1
+
+table=$("$bin/tokenload" compare -markdown -miss miss -sim-latency "$SIM_LATENCY" \
+  ceiling="$work/ceiling.json" hit_local="$work/hit_local.json" hit_redis="$work/hit_redis.json" miss="$work/miss.json")
+echo "$table"
+
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+section=$(cat <<MD
+<!-- bench-http:start -->
+## HTTP paths side by side (\`make bench-http\`)
+
+One run of \`scripts/bench-http.sh\` on $(date -u +%Y-%m-%d): $(nproc) vCPU ($cpu), $(free -g | awk '/Mem:/{print $2}') GB,
+redis-server $(redis-server --version | cut -d' ' -f3 | sed 's/v=//'). Every run is \`tokenload attack\` with $WORKERS concurrent requests for $DURATION
+over loopback, against one server process; the load generator shares the machine's cores with the server, the same
+for every row. Hit runs read $((CHANNELS * USERS)) tokens warmed beforehand; the miss run asks for a new user every
+time, from a simulator answering after $SIM_LATENCY. "vs ceiling" is throughput divided by the ceiling's, measured in
+the same run.
+
+$table
+<!-- bench-http:end -->
+MD
+)
+doc=docs/benchmarks.md
+if grep -q '<!-- bench-http:start -->' "$doc"; then
+  awk -v section="$section" '
+    /<!-- bench-http:start -->/ {print section; skip=1; next}
+    /<!-- bench-http:end -->/ {skip=0; next}
+    !skip {print}' "$doc" >"$work/doc.md" && cp "$work/doc.md" "$doc"
+else
+  printf '\n%s\n' "$section" >>"$doc"
+fi
+echo "written to $doc" >&2
