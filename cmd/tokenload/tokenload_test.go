@@ -1,0 +1,211 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+
+	"github.com/tokencache/tokencache/cache"
+	"github.com/tokencache/tokencache/httpapi"
+	"github.com/tokencache/tokencache/polyv"
+	"github.com/tokencache/tokencache/polyv/polyvsim"
+)
+
+func TestParseRoleMix(t *testing.T) {
+	mix, err := parseRoleMix("viewer=3, guest=1")
+	if err != nil || len(mix) != 2 || mix[0].weight != 0.75 || mix[1].weight != 0.25 {
+		t.Errorf("parseRoleMix() = %v, %v", mix, err)
+	}
+	for _, bad := range []string{"viewer", "viewer=x", "viewer=-1", "viewer=0"} {
+		if _, err := parseRoleMix(bad); err == nil {
+			t.Errorf("parseRoleMix(%q) accepted", bad)
+		}
+	}
+}
+
+func TestWorkload(t *testing.T) {
+	roles, _ := parseRoleMix("viewer=0.9,teacher=0.1")
+	count := func(popularity string, miss float64) (map[string]int, int, int) {
+		wl, err := newWorkload(10, 100, roles, popularity, 1.2, miss, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen, fresh, teachers := map[string]int{}, 0, 0
+		for range 20000 {
+			id := wl.next()
+			if strings.HasPrefix(id.UserID, "fresh-") {
+				fresh++
+			}
+			if id.Role == "teacher" {
+				teachers++
+			}
+			seen[id.key()]++
+		}
+		return seen, fresh, teachers
+	}
+	uniform, fresh, teachers := count("uniform", 0.1)
+	if fresh < 1700 || fresh > 2300 {
+		t.Errorf("fresh users = %d of 20000 at miss ratio 0.1", fresh)
+	}
+	if teachers < 1400 || teachers > 2600 {
+		t.Errorf("teachers = %d of 20000 at weight 0.1", teachers)
+	}
+	zipf, _, _ := count("zipf", 0)
+	if top(zipf) < 5*top(uniform) {
+		t.Errorf("zipf's most popular key got %d requests, uniform's %d: no skew", top(zipf), top(uniform))
+	}
+	wl, _ := newWorkload(10, 100, roles, "uniform", 0, 0, 1)
+	if wl.known(42) != wl.known(42) || len(wl.all()) != 1000 {
+		t.Error("known viewers are not stable")
+	}
+	if _, err := newWorkload(1, 1, roles, "pareto", 0, 0, 1); err == nil {
+		t.Error("unknown popularity accepted")
+	}
+}
+
+func top(m map[string]int) int {
+	best := 0
+	for _, n := range m {
+		best = max(best, n)
+	}
+	return best
+}
+
+func TestParseIdentities(t *testing.T) {
+	in := "# pool\n{\"channelId\":\"1\",\"userId\":\"a\",\"role\":\"viewer\",\"origin\":\"web\"}\n\n1,\"b,c\",guest\n2,d,teacher,app\n"
+	ids, err := parseIdentities(strings.NewReader(in))
+	if err != nil || len(ids) != 3 || ids[1].UserID != "b,c" || ids[2].Origin != "app" {
+		t.Fatalf("parseIdentities() = %+v, %v", ids, err)
+	}
+	for _, bad := range []string{"1,a\n", "{\"channelId\":\"1\"}\n", "{bad json\n"} {
+		if _, err := parseIdentities(strings.NewReader(bad)); err == nil {
+			t.Errorf("parseIdentities(%q) accepted", bad)
+		}
+	}
+	batches := groupBatches([]identity{{ChannelID: "a"}, {ChannelID: "b"}, {ChannelID: "a"}, {ChannelID: "a"}}, 2)
+	if len(batches) != 3 || len(batches[0]) != 2 || batches[2][0].ChannelID != "b" {
+		t.Errorf("groupBatches() = %v", batches)
+	}
+}
+
+func TestChecker(t *testing.T) {
+	c := newChecker()
+	res := func(code uint16, body string, h http.Header) *vegeta.Result {
+		return &vegeta.Result{Code: code, Body: []byte(body), Headers: h}
+	}
+	c.add(res(200, `{"channelId":"1","userId":"u","role":"viewer","origin":"web","token":"t1"}`, http.Header{"Cache-Status": {"tokencache; hit"}}))
+	c.add(res(200, `{"channelId":"1","userId":"u","role":"viewer","origin":"web","token":"forged"}`, nil))
+	c.add(res(200, `{"token":""}`, nil))
+	c.add(res(503, `{"error":{"code":"upstream_unavailable","message":"m"}}`, http.Header{"Retry-After": {"1"}}))
+	c.add(res(503, `{"error":{"code":"upstream_unavailable","message":"m"}}`, nil))
+	c.add(res(502, `{"error":{"code":"upstream_timeout","message":"m"}}`, nil))
+	c.add(res(500, `oops`, nil))
+	c.add(res(0, ``, nil))
+	if c.empty != 1 || c.offTable != 3 || c.transport != 1 || c.cacheStatus["hit"] != 1 {
+		t.Errorf("checker = empty %d, offTable %d, transport %d, cache %v", c.empty, c.offTable, c.transport, c.cacheStatus)
+	}
+	wrong, _ := c.wrongTokens(map[string][]string{"1/u/viewer/web": {"t1"}})
+	if wrong != 1 {
+		t.Errorf("wrongTokens() = %d, want 1 (the forged one)", wrong)
+	}
+}
+
+// startService serves the real API on a cache over miniredis and a simulator.
+func startService(t *testing.T) (api, sim string) {
+	t.Helper()
+	s := polyvsim.NewTestServer(polyvsim.Options{})
+	t.Cleanup(s.Close)
+	client, _ := polyv.New(polyv.Options{AppID: "sim-app", AppSecret: "sim-secret", BaseURL: s.URL})
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	c, err := cache.New(rdb, client, cache.Options{RateLimit: 10000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	srv := httptest.NewServer(httpapi.New(httpapi.Options{Cache: c, APIKeys: []string{"k"}}))
+	t.Cleanup(srv.Close)
+	return srv.URL, s.URL
+}
+
+func TestWarmListsFailuresAndSkipsWhatIsWarm(t *testing.T) {
+	api, _ := startService(t)
+	dir := t.TempDir()
+	input := filepath.Join(dir, "ids.csv")
+	os.WriteFile(input, []byte("1,a,viewer\n1,b,king\n2,c,teacher,app\n"), 0o600)
+	pool := filepath.Join(dir, "pool.jsonl")
+	args := []string{"-target", api, "-key", "k", "-input", input, "-out", pool, "-quiet"}
+
+	var stdout, stderr bytes.Buffer
+	err := warmCmd(context.Background(), args, &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "1 of 3") || !strings.Contains(stderr.String(), "FAILED 1/b/king/") {
+		t.Fatalf("warm = %v\n%s", err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(readFile(t, pool)), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("pool has %d lines, want 2", len(lines))
+	}
+	if !strings.Contains(readFile(t, filepath.Join(dir, "pool.failures.jsonl")), `"role":"king"`) {
+		t.Error("failure file lacks the failed identity")
+	}
+
+	stdout.Reset()
+	_ = warmCmd(context.Background(), args, &stdout, &stderr)
+	if !strings.Contains(stdout.String(), "warmed 0, failed 1, skipped 2") {
+		t.Errorf("rerun: %s", stdout.String())
+	}
+	if n := len(strings.Split(strings.TrimSpace(readFile(t, pool)), "\n")); n != 2 {
+		t.Errorf("rerun grew the pool to %d lines", n)
+	}
+}
+
+func TestAttackReport(t *testing.T) {
+	api, sim := startService(t)
+	out := filepath.Join(t.TempDir(), "results.bin")
+	var stdout, stderr bytes.Buffer
+	err := attackCmd(context.Background(), []string{"-targets", api, "-key", "k", "-rate", "200", "-duration", "1s",
+		"-channels", "2", "-users", "20", "-miss-ratio", "0.2", "-stats", sim, "-json", "-quiet", "-output", out}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("attack: %v\n%s", err, stderr.String())
+	}
+	var r attackReport
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Requests < 150 || r.StatusCodes["200"] != int(r.Requests) {
+		t.Errorf("report = %+v", r)
+	}
+	if r.WrongTokens == nil || *r.WrongTokens != 0 || r.EmptyTokens != 0 || r.OffTable != 0 {
+		t.Errorf("checks failed: %+v", r)
+	}
+	if r.UpstreamSim == nil || *r.UpstreamSim != int64(r.CacheStatus["fwd=miss; stored"]) {
+		t.Errorf("upstream calls %v, stored misses %d", r.UpstreamSim, r.CacheStatus["fwd=miss; stored"])
+	}
+	// The results file is vegeta's own format.
+	f, _ := os.Open(out)
+	defer f.Close()
+	dec := vegeta.NewDecoder(f)
+	var first vegeta.Result
+	if err := dec.Decode(&first); err != nil || first.Code != 200 {
+		t.Errorf("results file: %v %+v", err, first)
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
