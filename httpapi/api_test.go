@@ -3,6 +3,7 @@ package httpapi
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -291,4 +292,31 @@ func escapeQuery(s string) string {
 		}
 	}
 	return b.String()
+}
+
+func TestServerErrorsLoggedClientErrorsNot(t *testing.T) {
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	e := New(Options{Cache: &fakeCache{get: func(k cache.Key) (cache.Token, cache.Result, error) {
+		if k.UserID == "boom" {
+			panic("cache exploded")
+		}
+		return cache.Token{}, cache.ResultError, errServer
+	}}, APIKeys: []string{testKey}, Logger: log})
+
+	do(e, "GET", chatPath+"?userId=&role=viewer", "")
+	if strings.Contains(logs.String(), "level=ERROR") {
+		t.Errorf("a 400 was logged as an error:\n%s", logs.String())
+	}
+	if w := do(e, "GET", chatPath+"?userId=u&role=viewer", ""); w.Code != 502 {
+		t.Fatalf("status = %d", w.Code)
+	}
+	if !strings.Contains(logs.String(), "level=ERROR") || !strings.Contains(logs.String(), "request_id=") {
+		t.Errorf("a 502 was not logged as an error with its request id:\n%s", logs.String())
+	}
+	// A panic becomes a 500 in the usual shape, and the server lives on.
+	w := do(e, "GET", chatPath+"?userId=boom&role=viewer", "")
+	if w.Code != 500 || !strings.Contains(w.Body.String(), `"code":"internal"`) || strings.Contains(w.Body.String(), "exploded") {
+		t.Errorf("panic: %d %s", w.Code, w.Body)
+	}
 }

@@ -109,6 +109,14 @@ func TestEndToEnd(t *testing.T) {
 	if len(keys) == 0 {
 		t.Error("nothing stored in the real Redis")
 	}
+	_, body = get("/metrics", "")
+	for _, want := range []string{`tokencache_cache_results_total{result="hit_local"} 1`, `tokencache_cache_results_total{result="miss"} 1`,
+		`tokencache_upstream_requests_total{endpoint="get-chat-token",outcome="ok"} 1`, "tokencache_requests_total{", "tokencache_lease_wait_seconds",
+		"tokencache_redis_errors_total", "tokencache_upstream_duration_seconds", "go_goroutines"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 	_, body = get("/readyz", "")
 	if !strings.Contains(string(body), `"embeddedRedis":false`) || !strings.Contains(string(body), `"redis":"ok"`) {
 		t.Errorf("readyz = %s", body)
