@@ -12,7 +12,7 @@ func init() {
 	drillNotes["TestDrillPolyvSlow"] = "The simulator answers after 10 s. Warm keys keep being served; misses get 504 upstream_timeout after the attempts (POLYV_TIMEOUT=2s) run out. Bound: at most 3 attempts per new key."
 	drillNotes["TestDrillPolyvRateLimited"] = "The simulator answers with Polyv's qps error. Warm keys keep being served; misses get 503 upstream_unavailable with Retry-After; nothing is stored, so they succeed once the limit lifts."
 	drillNotes["TestDrillInstanceKilled"] = "One of two instances is killed mid-run. Its requests fail at the transport level (a load balancer would route away); the other instance answers everything. Bound: one Polyv call per key, as the fleet shares Redis."
-	drillNotes["TestDrillColdStampede"] = "2000 first requests for 50 keys arrive within 100 ms across 3 instances, with Polyv at 200 ms. Bound: exactly 50 Polyv calls."
+	drillNotes["TestDrillColdStampede"] = "2000 first requests for 50 keys arrive at once (one per worker, 2000 workers) across 3 instances, with Polyv at 200 ms. Bound: exactly 50 Polyv calls."
 }
 
 func TestDrillRedisKilled(t *testing.T) {
