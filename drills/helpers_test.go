@@ -352,4 +352,3 @@ func writeReport() {
 
 // drillNotes describes each drill in the report.
 var drillNotes = map[string]string{}
-

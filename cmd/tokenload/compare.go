@@ -23,7 +23,7 @@ func compareCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if fs.NArg() == 0 {
-		return errors.New("usage: tokenload compare [-markdown] label=report.json ...")
+		return errors.New("usage: tokenload compare [-markdown] label=report.json [label=report.json]")
 	}
 	var labels []string
 	var reps []attackReport
