@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -250,19 +251,10 @@ func only200(t *testing.T, what string, r report) {
 func allowOnly(t *testing.T, what string, r report, statuses ...string) {
 	t.Helper()
 	for code := range r.StatusCodes {
-		if code != "200" && !contains(statuses, code) {
+		if code != "200" && !slices.Contains(statuses, code) {
 			t.Errorf("%s: unexpected status %s in %v", what, code, r.StatusCodes)
 		}
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func getJSON(t *testing.T, url string, v any) {

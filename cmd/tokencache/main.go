@@ -173,6 +173,10 @@ func openRedis(cfg Config) (redis.UniversalClient, *miniredis.Miniredis, error) 
 		dialTimeout = time.Second
 		ioTimeout   = 500 * time.Millisecond
 	)
+	// Parse errors may quote the URL, password and all.
+	urlErr := func(err error) error {
+		return fmt.Errorf("REDIS_URL %s: %s", redactURL(cfg.RedisURL), strings.ReplaceAll(err.Error(), cfg.RedisURL, redactURL(cfg.RedisURL)))
+	}
 	short := func(dial, read, write *time.Duration) {
 		for _, d := range []struct {
 			p *time.Duration
@@ -193,21 +197,21 @@ func openRedis(cfg Config) (redis.UniversalClient, *miniredis.Miniredis, error) 
 	case cfg.RedisCluster:
 		o, err := redis.ParseClusterURL(cfg.RedisURL)
 		if err != nil {
-			return nil, nil, fmt.Errorf("REDIS_URL: %w", err)
+			return nil, nil, urlErr(err)
 		}
 		short(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout)
 		return redis.NewClusterClient(o), nil, nil
 	case strings.Contains(cfg.RedisURL, "master_name="):
 		o, err := redis.ParseFailoverURL(cfg.RedisURL)
 		if err != nil {
-			return nil, nil, fmt.Errorf("REDIS_URL: %w", err)
+			return nil, nil, urlErr(err)
 		}
 		short(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout)
 		return redis.NewFailoverClient(o), nil, nil
 	}
 	o, err := redis.ParseURL(cfg.RedisURL)
 	if err != nil {
-		return nil, nil, fmt.Errorf("REDIS_URL: %w", err)
+		return nil, nil, urlErr(err)
 	}
 	short(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout)
 	return redis.NewClient(o), nil, nil

@@ -265,3 +265,10 @@ func configTable() string {
 	b.WriteString("| | `-demo` | off | start an in-process Polyv simulator and embedded Redis, with generated credentials |\n")
 	return b.String()
 }
+
+func TestRedisURLErrorHidesPassword(t *testing.T) {
+	_, _, err := openRedis(Config{RedisURL: "redis://user:hunter2@host:6379/notanumber"})
+	if err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("openRedis() = %v", err)
+	}
+}
