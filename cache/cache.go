@@ -75,7 +75,8 @@ type Options struct {
 	// fetches, in case its pub/sub wake-up is lost; it defaults to 100ms.
 	PollInterval time.Duration
 	// RefreshBackoff is how long the fleet waits after a failed refresh
-	// before trying again; it defaults to 30s.
+	// before trying again, doubled after each further failure in a row (up
+	// to 10m); it defaults to 30s.
 	RefreshBackoff time.Duration
 	// BreakerFailures is how many Redis failures in a row open the circuit;
 	// it defaults to 5.
@@ -144,7 +145,7 @@ type Cache struct {
 	id       string // tells this instance's pub/sub messages from others'
 
 	local       *lru.Cache[string, entry] // nil when off
-	refreshGate *lru.Cache[string, time.Time]
+	refreshGate *lru.Cache[string, refreshState]
 	group       singleflight.Group
 
 	fleetLimiter *redis_rate.Limiter
@@ -181,7 +182,7 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 	if opts.LocalSize > 0 {
 		c.local, _ = lru.New[string, entry](opts.LocalSize) // errors only for size <= 0
 	}
-	c.refreshGate, _ = lru.New[string, time.Time](10000)
+	c.refreshGate, _ = lru.New[string, refreshState](10000)
 	c.breaker = newBreaker(opts, c.metrics)
 	rdb.AddHook(breakerHook{cb: c.breaker, metrics: c.metrics})
 	c.fleetLimiter = redis_rate.NewLimiter(rdb)

@@ -9,14 +9,35 @@ import (
 // a refresh of the same key: stale hits must not each cost a Redis command.
 const refreshGateFor = time.Second
 
+// maxRefreshBackoff caps the doubling of RefreshBackoff after failures.
+const maxRefreshBackoff = 10 * time.Minute
+
+// refreshState is this instance's memory of a key's refreshes.
+type refreshState struct {
+	next     time.Time // no new attempt before this
+	failures int       // failed attempts in a row
+}
+
+// backoff is the wait after the n-th failure in a row: RefreshBackoff,
+// doubled per further failure, capped.
+func (c *Cache) backoff(failures int) time.Duration {
+	d := c.opts.RefreshBackoff
+	for i := 1; i < failures && d < maxRefreshBackoff; i++ {
+		d *= 2
+	}
+	return min(d, maxRefreshBackoff)
+}
+
 // startRefresh refreshes k in the background unless this instance tried
 // lately. Across the fleet only the instance that takes the lease refreshes.
 func (c *Cache) startRefresh(k Key, keys redisKeys) {
 	now := time.Now()
-	if next, ok := c.refreshGate.Get(keys.value); ok && now.Before(next) {
+	state, _ := c.refreshGate.Get(keys.value)
+	if now.Before(state.next) {
 		return
 	}
-	c.refreshGate.Add(keys.value, now.Add(refreshGateFor))
+	state.next = now.Add(refreshGateFor)
+	c.refreshGate.Add(keys.value, state)
 	c.bg.Add(1)
 	go func() {
 		defer c.bg.Done()
@@ -25,8 +46,9 @@ func (c *Cache) startRefresh(k Key, keys redisKeys) {
 }
 
 // refresh fetches a new token while the old one is still served. On failure
-// the old token stays until its TTL, and the next attempt waits
-// RefreshBackoff: fleet-wide through the lease, and locally through the gate.
+// the old token stays until its TTL, and the next attempt waits a backoff
+// that doubles with each failure in a row: fleet-wide through the lease, and
+// locally through the gate.
 func (c *Cache) refresh(k Key, keys redisKeys) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.FillTimeout)
 	defer cancel()
@@ -48,13 +70,18 @@ func (c *Cache) refresh(k Key, keys redisKeys) {
 	tok, err := c.refreshCall(ctx, k, fleet)
 	if err != nil {
 		c.metrics.refreshes.WithLabelValues("failed").Inc()
-		c.refreshGate.Add(keys.value, time.Now().Add(c.opts.RefreshBackoff))
+		state, _ := c.refreshGate.Get(keys.value)
+		state.failures++
+		wait := c.backoff(state.failures)
+		state.next = time.Now().Add(wait)
+		c.refreshGate.Add(keys.value, state)
 		if fleet {
-			_ = leaseScript.Run(ctx, c.rdb, []string{keys.lease}, owner, "backoff", c.opts.RefreshBackoff.Milliseconds()).Err()
+			_ = leaseScript.Run(ctx, c.rdb, []string{keys.lease}, owner, "backoff", wait.Milliseconds()).Err()
 		}
 		return
 	}
 	c.metrics.refreshes.WithLabelValues("ok").Inc()
+	c.refreshGate.Remove(keys.value)
 	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}
 	if !fleet {
 		c.localSet(keys.value, e)

@@ -215,3 +215,15 @@ func TestChannelTokenKeyedPerChannel(t *testing.T) {
 		t.Errorf("upstream calls = %d, want 1", up.calls.Load())
 	}
 }
+
+func TestRefreshBackoffDoubles(t *testing.T) {
+	c := &Cache{opts: Options{RefreshBackoff: 30 * time.Second}}
+	for _, tt := range []struct {
+		failures int
+		want     time.Duration
+	}{{1, 30 * time.Second}, {2, time.Minute}, {3, 2 * time.Minute}, {10, maxRefreshBackoff}, {100, maxRefreshBackoff}} {
+		if got := c.backoff(tt.failures); got != tt.want {
+			t.Errorf("backoff(%d) = %v, want %v", tt.failures, got, tt.want)
+		}
+	}
+}
