@@ -134,10 +134,13 @@ func TestDrillPolyvRateLimited(t *testing.T) {
 func TestDrillInstanceKilled(t *testing.T) {
 	s := newStack(t, 2, "-latency", "20ms")
 	d := phase(3*time.Second, 10*time.Second)
+	killed := make(chan struct{})
 	go func() {
+		defer close(killed)
 		time.Sleep(d / 3)
 		s.nodes[0].kill()
 	}()
+	defer func() { <-killed }()
 	r := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String(), "-miss-ratio", "0.1", "-timeout", "5s")
 	allowOnly(t, "instance killed", r, "0") // 0: transport errors from the dead instance
 	if r.Transport == 0 {

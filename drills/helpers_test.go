@@ -61,16 +61,20 @@ func phase(short, longer time.Duration) time.Duration {
 
 // proc is a started process.
 type proc struct {
-	URL  string
-	cmd  *exec.Cmd
-	logs *bytes.Buffer
+	URL    string
+	cmd    *exec.Cmd
+	logs   *bytes.Buffer
+	killed sync.Once
 }
 
+// kill stops the process at once, as a crash would; it is safe to call twice.
 func (p *proc) kill() {
-	if p.cmd.Process != nil {
-		_ = p.cmd.Process.Kill()
-		_ = p.cmd.Wait()
-	}
+	p.killed.Do(func() {
+		if p.cmd.Process != nil {
+			_ = p.cmd.Process.Kill()
+			_ = p.cmd.Wait()
+		}
+	})
 }
 
 func freeAddr(t *testing.T) string {
