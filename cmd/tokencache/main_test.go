@@ -272,3 +272,54 @@ func TestRedisURLErrorHidesPassword(t *testing.T) {
 		t.Errorf("openRedis() = %v", err)
 	}
 }
+
+// TestRedisDeployments serves a token through each kind of REDIS_URL.
+func TestRedisDeployments(t *testing.T) {
+	master := redistest.Start(t)
+	sentinel := redistest.StartSentinel(t, master)
+	cluster := redistest.StartCluster(t, 3)
+	clusterAddrs := cluster.Options().Addrs
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+	}{
+		{"single", map[string]string{"REDIS_URL": "redis://" + master.Addr + "/0"}},
+		{"sentinel", map[string]string{"REDIS_URL": "redis://" + sentinel + "?master_name=mymaster"}},
+		{"cluster", map[string]string{"REDIS_URL": "redis://" + clusterAddrs[0] + "?addr=" + clusterAddrs[1] + "&addr=" + clusterAddrs[2], "REDIS_CLUSTER": "true"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sim := polyvsim.NewTestServer(polyvsim.Options{})
+			t.Cleanup(sim.Close)
+			env := map[string]string{"TOKENCACHE_ADDR": "127.0.0.1:0", "POLYV_APP_ID": "sim-app", "POLYV_APP_SECRET": "sim-secret",
+				"POLYV_BASE_URL": sim.URL, "TOKENCACHE_API_KEYS": "k", "TOKENCACHE_LOCAL_SIZE": "0",
+				"TOKENCACHE_KEY_PREFIX": "tc-" + tc.name + ":"}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			url, _, _, _ := startRun(t, nil, env)
+			for i := range 2 {
+				req, _ := http.NewRequest("GET", url+"/v1/channels/1/chat-token?userId=u&role=viewer", nil)
+				req.Header.Set("Authorization", "Bearer k")
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				want := []string{"tokencache; fwd=miss; stored", "tokencache; hit"}[i]
+				if resp.StatusCode != 200 || resp.Header.Get("Cache-Status") != want {
+					t.Errorf("GET %d = %d %q, want 200 %q", i, resp.StatusCode, resp.Header.Get("Cache-Status"), want)
+				}
+			}
+			var ready struct{ Redis string }
+			req, _ := http.NewRequest("GET", url+"/readyz", nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				_ = json.NewDecoder(resp.Body).Decode(&ready)
+				resp.Body.Close()
+			}
+			if ready.Redis != "ok" {
+				t.Errorf("readyz redis = %q", ready.Redis)
+			}
+		})
+	}
+}

@@ -130,6 +130,29 @@ func StartCluster(tb testing.TB, n int) *redis.ClusterClient {
 	}
 }
 
+// StartSentinel starts a Redis Sentinel that monitors master under the name
+// "mymaster", and returns its address.
+func StartSentinel(tb testing.TB, master *Server) string {
+	tb.Helper()
+	need(tb, "redis-server")
+	port := freePort(tb)
+	dir := tb.TempDir()
+	conf := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor mymaster 127.0.0.1 %d 1\nsentinel down-after-milliseconds mymaster 5000\n",
+		port, dir, master.port)
+	path := dir + "/sentinel.conf"
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command("redis-server", path, "--sentinel")
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("start sentinel: %v", err)
+	}
+	tb.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	waitPing(tb, addr)
+	return addr
+}
+
 func freePort(tb testing.TB) int {
 	tb.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
