@@ -69,16 +69,12 @@ func TestDrillPolyv5xx(t *testing.T) {
 	}
 
 	s.sim.control(t, `{"errorRate":0}`)
-	after := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String(), "-miss-ratio", "0.2")
-	only200(t, "after", after)
-	record(t, "fault lifted", after, "")
+	phaseAll200(t, s, "fault lifted", s.targets(), "-duration", d.String(), "-miss-ratio", "0.2")
 }
 
 func TestDrillPolyvSlow(t *testing.T) {
 	s := newStack(t, 2)
-	warm := attack(t, s, s.targets(), "-rate", "200", "-duration", "1s")
-	only200(t, "warm", warm)
-	record(t, "warm-up", warm, "")
+	phaseAll200(t, s, "warm-up", s.targets(), "-duration", "1s")
 
 	s.sim.control(t, `{"latency":"10s"}`)
 	callsBefore, _ := s.sim.simStats(t)
@@ -101,16 +97,12 @@ func TestDrillPolyvSlow(t *testing.T) {
 	record(t, "Polyv answers after 10 s", slow, "")
 
 	s.sim.control(t, `{"latency":"0s"}`)
-	after := attack(t, s, s.targets(), "-rate", "200", "-duration", "1s", "-miss-ratio", "0.2")
-	only200(t, "after", after)
-	record(t, "fault lifted", after, "")
+	phaseAll200(t, s, "fault lifted", s.targets(), "-duration", "1s", "-miss-ratio", "0.2")
 }
 
 func TestDrillPolyvRateLimited(t *testing.T) {
 	s := newStack(t, 2)
-	warm := attack(t, s, s.targets(), "-rate", "200", "-duration", "1s")
-	only200(t, "warm", warm)
-	record(t, "warm-up", warm, "")
+	phaseAll200(t, s, "warm-up", s.targets(), "-duration", "1s")
 
 	s.sim.control(t, `{"rateLimit":1}`)
 	limited := attack(t, s, s.targets(), "-rate", "200", "-duration", phase(2*time.Second, 10*time.Second).String(), "-miss-ratio", "0.2")
@@ -126,9 +118,7 @@ func TestDrillPolyvRateLimited(t *testing.T) {
 	record(t, "Polyv answers qps exceeded", limited, "")
 
 	s.sim.control(t, `{"rateLimit":0}`)
-	after := attack(t, s, s.targets(), "-rate", "200", "-duration", "1s", "-miss-ratio", "0.2")
-	only200(t, "after", after)
-	record(t, "fault lifted", after, "")
+	phaseAll200(t, s, "fault lifted", s.targets(), "-duration", "1s", "-miss-ratio", "0.2")
 }
 
 func TestDrillInstanceKilled(t *testing.T) {
@@ -152,9 +142,7 @@ func TestDrillInstanceKilled(t *testing.T) {
 		t.Errorf("Polyv issued %d tokens for %d keys", issued, r.DistinctKeys)
 	}
 
-	after := attack(t, s, s.nodes[1].URL, "-rate", "200", "-duration", "1s")
-	only200(t, "survivor", after)
-	record(t, "survivor alone", after, "")
+	phaseAll200(t, s, "survivor alone", s.nodes[1].URL, "-duration", "1s")
 }
 
 func TestDrillColdStampede(t *testing.T) {
@@ -175,4 +163,13 @@ func TestDrillColdStampede(t *testing.T) {
 	if !strings.Contains(fmtMap(r.CacheStatus), "collapsed") {
 		t.Errorf("no collapsed requests: %v", r.CacheStatus)
 	}
+}
+
+// phaseAll200 runs one attack at 200/s that must be answered 200 throughout,
+// and records it.
+func phaseAll200(t *testing.T, s *stack, name, targets string, args ...string) {
+	t.Helper()
+	r := attack(t, s, targets, append([]string{"-rate", "200"}, args...)...)
+	only200(t, name, r)
+	record(t, name, r, "")
 }
