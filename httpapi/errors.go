@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"strconv"
 
 	"github.com/labstack/echo/v4"
 
@@ -44,7 +43,7 @@ func invalid(field, msg string) *apiError {
 	return &apiError{Status: http.StatusBadRequest, Code: codeInvalidArgument, Field: field, Message: msg}
 }
 
-// pollyRateLimitRetry is the Retry-After sent when Polyv itself refused us
+// polyvRateLimitRetry is the Retry-After sent when Polyv itself refused us
 // for rate: its ban lasts minutes, so callers should back off well.
 const polyvRateLimitRetry = "60"
 
@@ -128,5 +127,3 @@ func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 		_ = c.JSON(ae.Status, map[string]*apiError{"error": ae})
 	}
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }

@@ -8,6 +8,7 @@ import (
 	_ "embed"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -158,14 +159,15 @@ func accessLog(log *slog.Logger) echo.MiddlewareFunc {
 	})
 }
 
+// formatBytes writes n as echo's BodyLimit wants it.
 func formatBytes(n int64) string {
 	if n%(1<<20) == 0 {
-		return itoa(int(n>>20)) + "M"
+		return strconv.FormatInt(n>>20, 10) + "M"
 	}
 	if n%(1<<10) == 0 {
-		return itoa(int(n>>10)) + "K"
+		return strconv.FormatInt(n>>10, 10) + "K"
 	}
-	return itoa(int(n))
+	return strconv.FormatInt(n, 10)
 }
 
 // routeLabel is the route template of a request, never its raw path.

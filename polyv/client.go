@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -256,7 +257,7 @@ func (c *Client) attempt(ctx context.Context, endpoint, path string, params map[
 		all[k] = v
 	}
 	all["appId"] = c.appID
-	all["timestamp"] = itoa(now.UnixMilli())
+	all["timestamp"] = strconv.FormatInt(now.UnixMilli(), 10)
 	form := SignedForm(all, c.secret.Reveal(), c.method)
 
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.baseURL+path, strings.NewReader(form.Encode()))

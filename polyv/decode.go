@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
 )
 
@@ -85,6 +84,3 @@ func truncate(s string, n int) string {
 	}
 	return strings.ToValidUTF8(s[:n], "") + "..."
 }
-
-// itoa is strconv.FormatInt for int64 timestamps.
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }

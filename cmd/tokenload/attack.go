@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"text/tabwriter"
@@ -137,7 +136,7 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if res.Code < 200 || res.Code > 299 {
 			failed.Add(1)
 		}
-		if res.Error != "" && len(transportEg) < 3 {
+		if res.Code == 0 && res.Error != "" && len(transportEg) < 3 { // vegeta also sets Error to the status of non-2xx
 			transportEg[res.Error] = true
 		}
 		if enc != nil {
@@ -331,5 +330,3 @@ func upstreamFromMetrics(ctx context.Context, bases []string) *float64 {
 	}
 	return &sum
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }

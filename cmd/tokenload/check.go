@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -77,7 +78,7 @@ func (c *checker) add(r *vegeta.Result) {
 		var b errorBody
 		ok := json.Unmarshal(r.Body, &b) == nil && b.Error != nil && b.Error.Message != ""
 		if ok {
-			c.errorCodes[itoa(int(r.Code))+" "+b.Error.Code]++
+			c.errorCodes[strconv.Itoa(int(r.Code))+" "+b.Error.Code]++
 			ok = slices.Contains(allowedCodes[r.Code], b.Error.Code)
 			if r.Code == 503 && r.Headers.Get("Retry-After") == "" {
 				ok = false
@@ -86,7 +87,7 @@ func (c *checker) add(r *vegeta.Result) {
 		if !ok {
 			c.offTable++
 			if len(c.offTableEg) < 5 {
-				c.offTableEg = append(c.offTableEg, itoa(int(r.Code))+" "+string(r.Body))
+				c.offTableEg = append(c.offTableEg, strconv.Itoa(int(r.Code))+" "+string(r.Body))
 			}
 		}
 	}
