@@ -152,7 +152,7 @@ func TestDeadLeaseHolderIsTakenOver(t *testing.T) {
 		fleet := newFleet(t, rdb, up, 2, &opts)
 		// A holder that died mid-fetch leaves its lease behind.
 		keys := viewerKey.redisKeys("tc:")
-		if err := rdb.Set(context.Background(), keys.lease, "dead-holder", opts.LeaseTTL).Err(); err != nil {
+		if err := rdb.Set(context.Background(), keys.lease(), "dead-holder", opts.LeaseTTL).Err(); err != nil {
 			t.Fatal(err)
 		}
 		start := time.Now()

@@ -148,7 +148,7 @@ func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (int,
 		if checkValue {
 			flag = "1"
 		}
-		res, err := acquireScript.Run(ctx, c.rdb, []string{keys.value, keys.lease},
+		res, err := acquireScript.Run(ctx, c.rdb, []string{keys.value, keys.lease()},
 			owner, c.opts.LeaseTTL.Milliseconds(), flag).Slice()
 		if err != nil {
 			return 0, entry{}, err
@@ -169,12 +169,12 @@ func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (int,
 // wakes the waiters. A rejection is stored as a negative entry; any other
 // failure releases the lease so that a waiter can try.
 func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner string, deadline time.Time) (fillResult, error) {
-	stopRenew := c.renewLease(ctx, keys.lease, owner)
+	stopRenew := c.renewLease(ctx, keys.lease(), owner)
 	defer stopRenew()
 	defer c.events.publish(context.WithoutCancel(ctx), c.rdb, keys.value)
 
 	if err := c.waitFleetSlot(ctx, deadline); err != nil {
-		c.releaseLease(ctx, keys.lease, owner)
+		c.releaseLease(ctx, keys.lease(), owner)
 		return fillResult{}, err
 	}
 	tok, err := c.callUpstream(ctx, k)
@@ -183,7 +183,7 @@ func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner 
 			c.store(ctx, keys, owner, e)
 			return fillResult{entry: e, result: ResultMiss}, nil
 		}
-		c.releaseLease(ctx, keys.lease, owner)
+		c.releaseLease(ctx, keys.lease(), owner)
 		return fillResult{}, err
 	}
 	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}
@@ -231,7 +231,7 @@ func (c *Cache) store(ctx context.Context, keys redisKeys, owner string, e entry
 	if ttl < time.Millisecond {
 		return
 	}
-	_ = storeScript.Run(ctx, c.rdb, []string{keys.value, keys.lease}, e.encode(), ttl.Milliseconds(), owner).Err()
+	_ = storeScript.Run(ctx, c.rdb, []string{keys.value, keys.lease()}, e.encode(), ttl.Milliseconds(), owner).Err()
 }
 
 func (c *Cache) releaseLease(ctx context.Context, lease, owner string) {

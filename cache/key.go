@@ -51,16 +51,20 @@ func (k Key) identity() string {
 
 // redisKeys are the Redis keys of one token. They share a hash tag made from
 // the whole identity, so a script can touch them all in Redis Cluster, while
-// the tokens of one hot channel still spread over every slot.
+// the tokens of one hot channel still spread over every slot. Only the value
+// key is built up front: a hit needs no other.
 type redisKeys struct {
-	value string // the token or negative entry
-	lease string // who is fetching it now
+	value string // base + "t:" + identity: the token or negative entry
+	base  int    // len(base)
 }
+
+// lease is the key of whoever is fetching the token now.
+func (r redisKeys) lease() string { return r.value[:r.base] + "l:" + r.value[r.base+2:] }
 
 func (k Key) redisKeys(prefix string) redisKeys {
 	id := k.identity()
 	base := prefix + keyVersion + ":{" + strconv.FormatUint(xxhash.Sum64String(id), 36) + "}:"
-	return redisKeys{value: base + "t:" + id, lease: base + "l:" + id}
+	return redisKeys{value: base + "t:" + id, base: len(base)}
 }
 
 // parseIdentity inverts identity; it exists to prove that encoding is injective.

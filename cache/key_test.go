@@ -26,11 +26,11 @@ func TestKeyEncoding(t *testing.T) {
 
 func TestKeyLayout(t *testing.T) {
 	k := ChatKey("2094979", "用户{1}", "viewer", "web").redisKeys("tc:")
-	if !strings.HasPrefix(k.value, "tc:v1:{") || !strings.HasPrefix(k.lease, "tc:v1:{") {
-		t.Errorf("keys %q, %q are not versioned under the prefix", k.value, k.lease)
+	if !strings.HasPrefix(k.value, "tc:v1:{") || !strings.HasPrefix(k.lease(), "tc:v1:{") {
+		t.Errorf("keys %q, %q are not versioned under the prefix", k.value, k.lease())
 	}
-	if tag(k.value) != tag(k.lease) {
-		t.Errorf("value and lease hash tags differ: %q vs %q", k.value, k.lease)
+	if tag(k.value) != tag(k.lease()) {
+		t.Errorf("value and lease hash tags differ: %q vs %q", k.value, k.lease())
 	}
 	// Only the first {...} is the hash tag, so userId braces must not form one.
 	if strings.Count(k.value, "{") != 1 {
@@ -65,4 +65,11 @@ func FuzzKeyInjective(f *testing.F) {
 			t.Fatalf("%+v and %+v share a key", a, b)
 		}
 	})
+}
+
+func TestLeaseKey(t *testing.T) {
+	k := ChatKey("1", "t:l:", "viewer", "").redisKeys("tc:")
+	if want := strings.Replace(k.value, "}:t:", "}:l:", 1); k.lease() != want {
+		t.Errorf("lease() = %q, want %q", k.lease(), want)
+	}
 }

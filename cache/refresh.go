@@ -63,7 +63,7 @@ func (c *Cache) refresh(k Key, keys redisKeys) {
 		fleet = err == nil
 	}
 	if fleet {
-		stopRenew := c.renewLease(ctx, keys.lease, owner)
+		stopRenew := c.renewLease(ctx, keys.lease(), owner)
 		defer stopRenew()
 	}
 
@@ -76,7 +76,7 @@ func (c *Cache) refresh(k Key, keys redisKeys) {
 		state.next = time.Now().Add(wait)
 		c.refreshGate.Add(keys.value, state)
 		if fleet {
-			_ = leaseScript.Run(ctx, c.rdb, []string{keys.lease}, owner, "backoff", wait.Milliseconds()).Err()
+			_ = leaseScript.Run(ctx, c.rdb, []string{keys.lease()}, owner, "backoff", wait.Milliseconds()).Err()
 		}
 		return
 	}
@@ -104,7 +104,7 @@ func (c *Cache) refreshCall(ctx context.Context, k Key, fleet bool) (Token, erro
 
 // takeLease tries the lease without looking at the value.
 func (c *Cache) takeLease(ctx context.Context, keys redisKeys, owner string) (int64, error) {
-	res, err := acquireScript.Run(ctx, c.rdb, []string{keys.value, keys.lease}, owner, c.opts.LeaseTTL.Milliseconds(), "0").Slice()
+	res, err := acquireScript.Run(ctx, c.rdb, []string{keys.value, keys.lease()}, owner, c.opts.LeaseTTL.Milliseconds(), "0").Slice()
 	if err != nil {
 		return 0, err
 	}
