@@ -109,7 +109,7 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys, deadline time.T
 
 	var waitStart time.Time
 	for {
-		state, e, err := c.acquire(ctx, keys, owner)
+		state, e, err := c.acquire(ctx, keys, owner, true)
 		if err != nil {
 			if ctx.Err() != nil {
 				return fillResult{}, ctx.Err()
@@ -139,11 +139,12 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys, deadline time.T
 	}
 }
 
-// acquire runs acquireScript. A found value that cannot be trusted counts as
-// absent: the lease is then tried without looking at the value, and the value
-// is overwritten by the fetch.
-func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (int, entry, error) {
-	for checkValue := true; ; {
+// acquire runs acquireScript; with checkValue false it only tries the lease.
+// A found value that cannot be trusted counts as absent: the lease is then
+// tried without looking at the value, and the value is overwritten by the
+// fetch.
+func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string, checkValue bool) (int, entry, error) {
+	for {
 		flag := "0"
 		if checkValue {
 			flag = "1"

@@ -56,7 +56,7 @@ func (c *Cache) refresh(k Key, keys redisKeys) {
 	owner := randomID()
 	fleet := c.redisUsable()
 	if fleet {
-		state, err := c.takeLease(ctx, keys, owner)
+		state, _, err := c.acquire(ctx, keys, owner, false)
 		if err == nil && state != acquireTaken {
 			return // another instance is refreshing, or backing off
 		}
@@ -100,14 +100,4 @@ func (c *Cache) refreshCall(ctx context.Context, k Key, fleet bool) (Token, erro
 		return Token{}, err
 	}
 	return c.callUpstream(ctx, k)
-}
-
-// takeLease tries the lease without looking at the value.
-func (c *Cache) takeLease(ctx context.Context, keys redisKeys, owner string) (int64, error) {
-	res, err := acquireScript.Run(ctx, c.rdb, []string{keys.value, keys.lease()}, owner, c.opts.LeaseTTL.Milliseconds(), "0").Slice()
-	if err != nil {
-		return 0, err
-	}
-	state, _ := res[0].(int64)
-	return state, nil
 }
