@@ -48,8 +48,8 @@ func newBreaker(o Options, m *Metrics) *gobreaker.CircuitBreaker[struct{}] {
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= o.BreakerFailures },
 		// Replies from Redis, misses included, prove it is up.
 		IsSuccessful: func(err error) bool { return err == nil || !isOutage(err) },
-		// A caller that gave up says nothing about Redis.
-		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
+		// A caller that gave up, or whose deadline ended, says nothing about Redis.
+		IsExcluded: func(err error) bool { return errors.Is(err, errCallerGone) },
 		OnStateChange: func(_ string, _, to gobreaker.State) {
 			if to == gobreaker.StateClosed {
 				m.redisCircuitOpen.Set(0)
@@ -87,7 +87,7 @@ func (h breakerHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 			return next(ctx, cmd) // a handshake inside a guarded command
 		}
 		ctx = context.WithValue(ctx, insideBreaker{}, true)
-		return h.guard(func() error { return next(ctx, cmd) })
+		return h.guard(ctx, func() error { return next(ctx, cmd) })
 	}
 }
 
@@ -102,17 +102,34 @@ func (h breakerHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 // should close it.
 type insideBreaker struct{}
 
-func (h breakerHook) guard(run func() error) error {
+// errCallerGone marks, for the breaker only, a command that failed while its
+// caller's context was done: the caller's deadline, not Redis, ended it.
+var errCallerGone = errors.New("cache: caller gone")
+
+func (h breakerHook) guard(ctx context.Context, run func() error) error {
 	var cmdErr error
 	_, err := h.cb.Execute(func() (struct{}, error) {
 		cmdErr = run()
+		if cmdErr != nil && callerGone(ctx) {
+			return struct{}{}, errCallerGone
+		}
 		return struct{}{}, cmdErr
 	})
 	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
 		return fmt.Errorf("%w: circuit open", ErrRedisUnavailable)
 	}
-	if isOutage(cmdErr) && !errors.Is(cmdErr, context.Canceled) {
+	if isOutage(cmdErr) && !errors.Is(err, errCallerGone) {
 		h.metrics.redisErrors.Inc()
 	}
 	return cmdErr
+}
+
+// callerGone reports whether ctx is done or its deadline has passed; a
+// network deadline set from ctx can fire a moment before ctx itself reports it.
+func callerGone(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
