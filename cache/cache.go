@@ -39,6 +39,7 @@ var _ Upstream = (*polyv.Client)(nil)
 type rediser interface {
 	redis.Scripter // the lease scripts and the rate limiter
 	Get(ctx context.Context, key string) *redis.StringCmd
+	SetNX(ctx context.Context, key string, value any, expiration time.Duration) *redis.BoolCmd
 	Del(ctx context.Context, keys ...string) *redis.IntCmd
 	Publish(ctx context.Context, channel string, message any) *redis.IntCmd
 	Subscribe(ctx context.Context, channels ...string) *redis.PubSub
@@ -156,6 +157,7 @@ type Cache struct {
 
 	events *events
 
+	life context.Context // ends at Close; background work runs under it
 	stop context.CancelFunc
 	bg   sync.WaitGroup
 }
@@ -187,10 +189,9 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 	rdb.AddHook(breakerHook{cb: c.breaker, metrics: c.metrics})
 	c.fleetLimiter = redis_rate.NewLimiter(rdb)
 
-	ctx, stop := context.WithCancel(context.Background())
-	c.stop = stop
+	c.life, c.stop = context.WithCancel(context.Background())
 	c.events = newEvents(c.id, c.opts.Prefix+keyVersion+":events", c.dropLocal)
-	c.events.start(ctx, rdb, &c.bg)
+	c.events.start(c.life, rdb, &c.bg)
 	return c, nil
 }
 
@@ -248,7 +249,7 @@ func (c *Cache) serve(k Key, keys redisKeys, e entry, hit Result) (Token, Result
 		return Token{}, ResultNegative, e.Rejected.err()
 	}
 	if c.opts.Now().Sub(e.Token.IssuedAt) >= c.opts.RefreshAfter {
-		c.startRefresh(k, keys)
+		c.startRefresh(k, keys, e.Token.IssuedAt)
 		return *e.Token, ResultStale, nil
 	}
 	return *e.Token, hit, nil
@@ -258,7 +259,7 @@ func (c *Cache) serve(k Key, keys redisKeys, e entry, hit Result) (Token, Result
 func (c *Cache) Delete(ctx context.Context, k Key) error {
 	keys := k.redisKeys(c.opts.Prefix)
 	c.dropLocal(keys.value)
-	if err := c.rdb.Del(ctx, keys.value).Err(); err != nil {
+	if err := c.rdb.Del(ctx, keys.value, keys.backoff()).Err(); err != nil {
 		return fmt.Errorf("cache: delete: %w", redisFailure(err))
 	}
 	c.events.publish(ctx, c.rdb, keys.value)

@@ -7,42 +7,7 @@ import (
 	mrand "math/rand/v2"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tokencache/tokencache/polyv"
-)
-
-// acquireScript returns {1, value} when the value exists (and ARGV[3] is
-// "1"), {2, ""} when this caller took the lease, and {0, ""} when another
-// holds it: one round trip for the check-again and the lease.
-var acquireScript = redis.NewScript(`
-if ARGV[3] == '1' then
-  local v = redis.call('GET', KEYS[1])
-  if v then return {1, v} end
-end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
-return {0, ''}`)
-
-// storeScript stores the value and releases the lease if this caller holds it.
-var storeScript = redis.NewScript(`
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
-return 1`)
-
-// leaseScript acts on a lease only if ARGV[1] holds it: "extend" renews it
-// for ARGV[3] ms, "release" deletes it, "backoff" keeps it, as a marker that
-// blocks others, for ARGV[3] ms.
-var leaseScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == 'release' then return redis.call('DEL', KEYS[1]) end
-if ARGV[2] == 'extend' then return redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-redis.call('SET', KEYS[1], 'backoff', 'PX', ARGV[3])
-return 1`)
-
-const (
-	acquireBusy = iota
-	acquireFound
-	acquireTaken
 )
 
 // fillResult is what a shared fetch hands to each caller waiting on it.
@@ -109,7 +74,7 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys, deadline time.T
 
 	var waitStart time.Time
 	for {
-		state, e, err := c.acquire(ctx, keys, owner, true)
+		state, e, err := c.acquire(ctx, keys, owner)
 		if err != nil {
 			if ctx.Err() != nil {
 				return fillResult{}, ctx.Err()
@@ -139,43 +104,16 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys, deadline time.T
 	}
 }
 
-// acquire runs acquireScript; with checkValue false it only tries the lease.
-// A found value that cannot be trusted counts as absent: the lease is then
-// tried without looking at the value, and the value is overwritten by the
-// fetch.
-func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string, checkValue bool) (int, entry, error) {
-	for {
-		flag := "0"
-		if checkValue {
-			flag = "1"
-		}
-		res, err := acquireScript.Run(ctx, c.rdb, []string{keys.value, keys.lease()},
-			owner, c.opts.LeaseTTL.Milliseconds(), flag).Slice()
-		if err != nil {
-			return 0, entry{}, err
-		}
-		state, _ := res[0].(int64)
-		if state != acquireFound {
-			return int(state), entry{}, nil
-		}
-		raw, _ := res[1].(string)
-		if e, ok := decodeEntry([]byte(raw)); ok && c.opts.Now().Before(e.Until) {
-			return acquireFound, e, nil
-		}
-		checkValue = false
-	}
-}
-
 // fetchAndStore calls Polyv while holding the lease, stores what it gets and
 // wakes the waiters. A rejection is stored as a negative entry; any other
 // failure releases the lease so that a waiter can try.
 func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner string, deadline time.Time) (fillResult, error) {
-	stopRenew := c.renewLease(ctx, keys.lease(), owner)
+	stopRenew := c.renewLease(ctx, keys, owner)
 	defer stopRenew()
 	defer c.events.publish(context.WithoutCancel(ctx), c.rdb, keys.value)
 
 	if err := c.waitFleetSlot(ctx, deadline); err != nil {
-		c.releaseLease(ctx, keys.lease(), owner)
+		c.releaseLease(ctx, keys, owner)
 		return fillResult{}, err
 	}
 	tok, err := c.callUpstream(ctx, k)
@@ -184,7 +122,7 @@ func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner 
 			c.store(ctx, keys, owner, e)
 			return fillResult{entry: e, result: ResultMiss}, nil
 		}
-		c.releaseLease(ctx, keys.lease(), owner)
+		c.releaseLease(ctx, keys, owner)
 		return fillResult{}, err
 	}
 	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}
@@ -222,42 +160,6 @@ func (c *Cache) rejection(err error) (entry, bool) {
 		Rejected: &rejection{Endpoint: apiErr.Endpoint, Code: apiErr.Code, Message: apiErr.Message},
 		Until:    c.opts.Now().Add(c.opts.NegativeTTL),
 	}, true
-}
-
-// store writes e to Redis and the local cache, releasing the lease. A Redis
-// failure here loses nothing the caller needs: the token is still returned.
-func (c *Cache) store(ctx context.Context, keys redisKeys, owner string, e entry) {
-	c.localSet(keys.value, e)
-	ttl := e.Until.Sub(c.opts.Now())
-	if ttl < time.Millisecond {
-		return
-	}
-	_ = storeScript.Run(ctx, c.rdb, []string{keys.value, keys.lease()}, e.encode(), ttl.Milliseconds(), owner).Err()
-}
-
-func (c *Cache) releaseLease(ctx context.Context, lease, owner string) {
-	_ = leaseScript.Run(context.WithoutCancel(ctx), c.rdb, []string{lease}, owner, "release", 0).Err()
-}
-
-// renewLease extends the lease while its holder works, so that only a dead
-// holder's lease lapses.
-func (c *Cache) renewLease(ctx context.Context, lease, owner string) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(c.opts.LeaseTTL / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				_ = leaseScript.Run(ctx, c.rdb, []string{lease}, owner, "extend", c.opts.LeaseTTL.Milliseconds()).Err()
-			}
-		}
-	}()
-	return func() { cancel(); <-done }
 }
 
 // callUpstream makes one Polyv call for k and records it. It gives up when

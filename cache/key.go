@@ -59,7 +59,12 @@ type redisKeys struct {
 }
 
 // lease is the key of whoever is fetching the token now.
-func (r redisKeys) lease() string { return r.value[:r.base] + "l:" + r.value[r.base+2:] }
+func (r redisKeys) lease() string { return r.sibling("l:") }
+
+// backoff is the key that holds the fleet back after failed refreshes.
+func (r redisKeys) backoff() string { return r.sibling("b:") }
+
+func (r redisKeys) sibling(kind string) string { return r.value[:r.base] + kind + r.value[r.base+2:] }
 
 func (k Key) redisKeys(prefix string) redisKeys {
 	id := k.identity()

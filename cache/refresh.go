@@ -12,6 +12,10 @@ const refreshGateFor = time.Second
 // maxRefreshBackoff caps the doubling of RefreshBackoff after failures.
 const maxRefreshBackoff = 10 * time.Minute
 
+// backoffMemory is how long the fleet remembers failed refreshes after a
+// backoff ends, so that the next failure doubles the wait.
+const backoffMemory = maxRefreshBackoff
+
 // refreshState is this instance's memory of a key's refreshes.
 type refreshState struct {
 	next     time.Time // no new attempt before this
@@ -29,8 +33,8 @@ func (c *Cache) backoff(failures int) time.Duration {
 }
 
 // startRefresh refreshes k in the background unless this instance tried
-// lately. Across the fleet only the instance that takes the lease refreshes.
-func (c *Cache) startRefresh(k Key, keys redisKeys) {
+// lately. seen is the issue time of the stale token the caller was served.
+func (c *Cache) startRefresh(k Key, keys redisKeys, seen time.Time) {
 	now := time.Now()
 	state, _ := c.refreshGate.Get(keys.value)
 	if now.Before(state.next) {
@@ -41,42 +45,52 @@ func (c *Cache) startRefresh(k Key, keys redisKeys) {
 	c.bg.Add(1)
 	go func() {
 		defer c.bg.Done()
-		c.refresh(k, keys)
+		c.refresh(k, keys, seen)
 	}()
 }
 
-// refresh fetches a new token while the old one is still served. On failure
-// the old token stays until its TTL, and the next attempt waits a backoff
-// that doubles with each failure in a row: fleet-wide through the lease, and
-// locally through the gate.
-func (c *Cache) refresh(k Key, keys redisKeys) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.opts.FillTimeout)
+// refresh fetches a new token while the old one, issued at seen, is still
+// served. Across the fleet only the instance that takes the refresh lease
+// refreshes, and it stops if the stored token is newer than seen. On failure
+// the old token stays until its TTL, and the next attempt waits a backoff that
+// doubles with each failure in a row: fleet-wide in the backoff key, locally
+// in the gate. The fill lease is released either way, so a miss after the
+// token expires fetches at once.
+func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
+	ctx, cancel := context.WithTimeout(c.life, c.opts.FillTimeout)
 	defer cancel()
 
 	owner := randomID()
+	gate, _ := c.refreshGate.Get(keys.value)
+	failures := gate.failures
 	fleet := c.redisUsable()
 	if fleet {
-		state, _, err := c.acquire(ctx, keys, owner, false)
-		if err == nil && state != acquireTaken {
-			return // another instance is refreshing, or backing off
+		took, stored, fleetFailures, err := c.takeRefreshLease(ctx, keys, owner)
+		if err == nil && !took {
+			return // another instance is refreshing, or the fleet backs off
+		}
+		if err == nil && stored.Token != nil && stored.Token.IssuedAt.After(seen) {
+			c.releaseLease(ctx, keys, owner)
+			c.refreshGate.Remove(keys.value)
+			c.localSet(keys.value, stored)
+			return // another instance refreshed it already
 		}
 		fleet = err == nil
+		failures = max(failures, fleetFailures)
 	}
 	if fleet {
-		stopRenew := c.renewLease(ctx, keys.lease(), owner)
+		stopRenew := c.renewLease(ctx, keys, owner)
 		defer stopRenew()
 	}
 
 	tok, err := c.refreshCall(ctx, k, fleet)
 	if err != nil {
 		c.metrics.refreshes.WithLabelValues("failed").Inc()
-		state, _ := c.refreshGate.Get(keys.value)
-		state.failures++
-		wait := c.backoff(state.failures)
-		state.next = time.Now().Add(wait)
-		c.refreshGate.Add(keys.value, state)
+		failures++
+		wait := c.backoff(failures)
+		c.refreshGate.Add(keys.value, refreshState{next: time.Now().Add(wait), failures: failures})
 		if fleet {
-			_ = leaseScript.Run(ctx, c.rdb, []string{keys.lease()}, owner, "backoff", wait.Milliseconds()).Err()
+			c.backOff(ctx, keys, owner, failures, wait)
 		}
 		return
 	}

@@ -1,0 +1,147 @@
+package cache
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The lease scripts. Each does one job; all of one identity's keys share a
+// hash slot, so they run on Redis Cluster too.
+var (
+	// acquireScript returns {1, value} when the value exists, {2} when
+	// this caller took the fill lease, and {0} when another holds it.
+	acquireScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v then return {1, v} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {0}`)
+
+	// refreshLeaseScript takes the lease for a refresh unless the fleet is
+	// backing off (the backoff key lives longer than ARGV[3] ms) or another
+	// instance holds it. It returns {1, value, failures} or {0}.
+	refreshLeaseScript = redis.NewScript(`
+if redis.call('PTTL', KEYS[3]) > tonumber(ARGV[3]) then return {0} end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
+return {1, redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[3]) or '0'}`)
+
+	// storeScript stores a value, ends any backoff, and releases the lease
+	// if ARGV[3] holds it.
+	storeScript = redis.NewScript(`
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[3])
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 1`)
+
+	// extendScript renews the lease for ARGV[2] ms if ARGV[1] holds it.
+	extendScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])`)
+
+	// releaseScript deletes the lease if ARGV[1] holds it.
+	releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])`)
+
+	// backoffScript records a failed refresh: ARGV[2] failures in a row, kept
+	// for ARGV[3] ms. It releases the lease if ARGV[1] holds it.
+	backoffScript = redis.NewScript(`
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1`)
+)
+
+const (
+	acquireBusy = iota
+	acquireFound
+	acquireTaken
+)
+
+// acquire returns the stored value of keys if there is one that can be
+// trusted, or else tries the fill lease. A value that cannot be trusted
+// counts as absent, and is overwritten by the fetch.
+func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (int, entry, error) {
+	res, err := acquireScript.Run(ctx, c.rdb, []string{keys.value, keys.lease()}, owner, c.opts.LeaseTTL.Milliseconds()).Slice()
+	if err != nil {
+		return 0, entry{}, err
+	}
+	state, _ := res[0].(int64)
+	if state != acquireFound {
+		return int(state), entry{}, nil
+	}
+	raw, _ := res[1].(string)
+	if e, ok := decodeEntry([]byte(raw)); ok && c.opts.Now().Before(e.Until) {
+		return acquireFound, e, nil
+	}
+	took, err := c.rdb.SetNX(ctx, keys.lease(), owner, c.opts.LeaseTTL).Result()
+	if err != nil || !took {
+		return acquireBusy, entry{}, err
+	}
+	return acquireTaken, entry{}, nil
+}
+
+// takeRefreshLease runs refreshLeaseScript. It reports whether this caller
+// took the lease, the stored entry (if one can be trusted) and the failed
+// refreshes in a row so far.
+func (c *Cache) takeRefreshLease(ctx context.Context, keys redisKeys, owner string) (took bool, stored entry, failures int, err error) {
+	res, err := refreshLeaseScript.Run(ctx, c.rdb, []string{keys.value, keys.lease(), keys.backoff()},
+		owner, c.opts.LeaseTTL.Milliseconds(), backoffMemory.Milliseconds()).Slice()
+	if err != nil {
+		return false, entry{}, 0, err
+	}
+	if n, _ := res[0].(int64); n != 1 || len(res) != 3 {
+		return false, entry{}, 0, nil
+	}
+	raw, _ := res[1].(string)
+	if e, ok := decodeEntry([]byte(raw)); ok && c.opts.Now().Before(e.Until) {
+		stored = e
+	}
+	count, _ := res[2].(string)
+	failures, _ = strconv.Atoi(count)
+	return true, stored, failures, nil
+}
+
+// store writes e to Redis and the local cache, releasing the lease. A Redis
+// failure here loses nothing the caller needs: the token is still returned.
+func (c *Cache) store(ctx context.Context, keys redisKeys, owner string, e entry) {
+	c.localSet(keys.value, e)
+	ttl := e.Until.Sub(c.opts.Now())
+	if ttl < time.Millisecond {
+		return
+	}
+	_ = storeScript.Run(ctx, c.rdb, []string{keys.value, keys.lease(), keys.backoff()}, e.encode(), ttl.Milliseconds(), owner).Err()
+}
+
+func (c *Cache) releaseLease(ctx context.Context, keys redisKeys, owner string) {
+	_ = releaseScript.Run(context.WithoutCancel(ctx), c.rdb, []string{keys.lease()}, owner).Err()
+}
+
+// backOff tells the fleet to leave keys alone for wait, after failures
+// failed refreshes in a row, and releases the lease.
+func (c *Cache) backOff(ctx context.Context, keys redisKeys, owner string, failures int, wait time.Duration) {
+	_ = backoffScript.Run(context.WithoutCancel(ctx), c.rdb, []string{keys.lease(), keys.backoff()},
+		owner, failures, (wait + backoffMemory).Milliseconds()).Err()
+}
+
+// renewLease extends the lease while its holder works, so that only a dead
+// holder's lease lapses.
+func (c *Cache) renewLease(ctx context.Context, keys redisKeys, owner string) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(c.opts.LeaseTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = extendScript.Run(ctx, c.rdb, []string{keys.lease()}, owner, c.opts.LeaseTTL.Milliseconds()).Err()
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}

@@ -1,0 +1,101 @@
+package cache
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/tokencache/tokencache/polyv"
+)
+
+// A failed refresh must never make the key look "being fetched": once the
+// token expires, the next miss fetches at once.
+func TestFailedRefreshNeverBlocksTheNextMiss(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		rdb, _ := b.open(t)
+		clk := newClock()
+		up := &fakeUpstream{}
+		opts := testOptions(func(o *Options) { o.Now = clk.Now; o.RefreshBackoff = time.Minute })
+		fleet := newFleet(t, rdb, up, 2, &opts)
+		ctx := context.Background()
+		if _, _, err := fleet[0].Get(ctx, viewerKey); err != nil {
+			t.Fatal(err)
+		}
+
+		up.setErr(&polyv.APIError{Code: 500, Message: "fail"})
+		clk.Add(5*time.Hour + time.Minute)
+		if _, res, _ := fleet[0].Get(ctx, viewerKey); res != ResultStale {
+			t.Fatalf("Get() = %v, want stale", res)
+		}
+		eventually(t, "the failed refresh", func() bool { return up.calls.Load() == 2 })
+		keys := viewerKey.redisKeys("tc:")
+		eventually(t, "the fleet to back off", func() bool { return rdb.Exists(ctx, keys.backoff()).Val() == 1 })
+
+		// Polyv recovers and the token expires: the next request fetches.
+		up.setErr(nil)
+		clk.Add(6 * time.Hour)
+		for i, c := range fleet {
+			reqCtx, cancel := context.WithTimeout(ctx, time.Second)
+			tok, res, err := c.Get(reqCtx, viewerKey)
+			cancel()
+			if err != nil || tok.Token == "" {
+				t.Fatalf("instance %d: Get() after expiry = %v, %v; want a token", i, res, err)
+			}
+		}
+		if got := up.calls.Load(); got != 3 {
+			t.Errorf("upstream calls = %d, want 3: fill, failed refresh, fill after expiry", got)
+		}
+	})
+}
+
+// An instance that saw the old token just before another refreshed it must
+// not refresh again.
+func TestRefreshStopsWhenAnotherInstanceRefreshed(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		rdb, _ := b.open(t)
+		clk := newClock()
+		up := &fakeUpstream{}
+		opts := testOptions(func(o *Options) { o.Now = clk.Now; o.LocalSize = -1 })
+		fleet := newFleet(t, rdb, up, 2, &opts)
+		ctx := context.Background()
+		first, _, _ := fleet[0].Get(ctx, viewerKey)
+
+		clk.Add(5*time.Hour + time.Minute)
+		keys := viewerKey.redisKeys("tc:")
+		fleet[0].refresh(viewerKey, keys, first.IssuedAt) // refreshes: 2 calls
+		fleet[1].refresh(viewerKey, keys, first.IssuedAt) // saw the old token: must stop
+		if got := up.calls.Load(); got != 2 {
+			t.Errorf("upstream calls = %d, want 2: one fill and one refresh", got)
+		}
+		if tok, _, _ := fleet[1].Get(ctx, viewerKey); tok.Token == first.Token {
+			t.Error("the refreshed token is not served")
+		}
+	})
+}
+
+// Delete clears everything kept for the identity.
+func TestDeleteClearsEveryKeyOfTheIdentity(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	clk := newClock()
+	up := &fakeUpstream{}
+	opts := testOptions(func(o *Options) { o.Now = clk.Now; o.RefreshBackoff = time.Minute })
+	c := newCache(t, rdb, up, opts)
+	ctx := context.Background()
+	if _, _, err := c.Get(ctx, viewerKey); err != nil {
+		t.Fatal(err)
+	}
+	up.setErr(&polyv.APIError{Code: 500, Message: "fail"})
+	clk.Add(5*time.Hour + time.Minute)
+	_, _, _ = c.Get(ctx, viewerKey)
+	keys := viewerKey.redisKeys("tc:")
+	eventually(t, "the refresh backoff", func() bool { return rdb.Exists(ctx, keys.backoff()).Val() == 1 })
+
+	if err := c.Delete(ctx, viewerKey); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{keys.value, keys.lease(), keys.backoff()} {
+		if rdb.Exists(ctx, k).Val() != 0 {
+			t.Errorf("%s survives Delete", k)
+		}
+	}
+}
