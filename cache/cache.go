@@ -146,6 +146,7 @@ type Cache struct {
 	id       string // tells this instance's pub/sub messages from others'
 
 	local       *lru.Cache[string, entry] // nil when off
+	localGens   generations
 	refreshGate *lru.Cache[string, refreshState]
 	group       singleflight.Group
 
@@ -156,6 +157,10 @@ type Cache struct {
 	breaker      *gobreaker.CircuitBreaker[struct{}]
 
 	events *events
+
+	// afterRedisRead, when set by a test, runs between a Redis read and the
+	// local-cache write that follows it.
+	afterRedisRead func()
 
 	life context.Context // ends at Close; background work runs under it
 	stop context.CancelFunc
@@ -230,9 +235,13 @@ func (c *Cache) get(ctx context.Context, k Key) (Token, Result, error) {
 		return c.serve(k, keys, e, ResultHitLocal)
 	}
 	if c.redisUsable() {
+		gen := c.localGen(keys.value)
 		e, found, err := c.redisGet(ctx, keys.value)
 		if err == nil && found {
-			c.localSet(keys.value, e)
+			if c.afterRedisRead != nil {
+				c.afterRedisRead()
+			}
+			c.localSetIf(keys.value, e, gen)
 			return c.serve(k, keys, e, ResultHitRedis)
 		}
 		if ctx.Err() != nil {
@@ -262,6 +271,9 @@ func (c *Cache) Delete(ctx context.Context, k Key) error {
 	if err := c.rdb.Del(ctx, keys.value, keys.backoff()).Err(); err != nil {
 		return fmt.Errorf("cache: delete: %w", redisFailure(err))
 	}
+	// Again, after the value is gone from Redis: a read that raced the
+	// delete may have found it.
+	c.dropLocal(keys.value)
 	c.events.publish(ctx, c.rdb, keys.value)
 	return nil
 }
@@ -295,33 +307,6 @@ func (c *Cache) redisGet(ctx context.Context, key string) (entry, bool, error) {
 		return entry{}, false, nil
 	}
 	return e, true, nil
-}
-
-func (c *Cache) localGet(key string) (entry, bool) {
-	if c.local == nil {
-		return entry{}, false
-	}
-	e, ok := c.local.Get(key)
-	if !ok {
-		return entry{}, false
-	}
-	if !c.opts.Now().Before(e.Until) {
-		c.local.Remove(key)
-		return entry{}, false
-	}
-	return e, true
-}
-
-func (c *Cache) localSet(key string, e entry) {
-	if c.local != nil {
-		c.local.Add(key, e)
-	}
-}
-
-func (c *Cache) dropLocal(key string) {
-	if c.local != nil {
-		c.local.Remove(key)
-	}
 }
 
 // tokenUntil is when a token issued at issued leaves the cache: TTL after

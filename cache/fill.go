@@ -65,8 +65,9 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys, deadline time.T
 	if e, ok := c.localGet(keys.value); ok {
 		return fillResult{entry: e, result: ResultCoalesced}, nil
 	}
+	gen := c.localGen(keys.value)
 	if !c.redisUsable() {
-		return c.fillLocal(ctx, k, keys, deadline)
+		return c.fillLocal(ctx, k, keys, gen, deadline)
 	}
 	owner := randomID()
 	wake, unregister := c.events.wait(keys.value)
@@ -79,17 +80,20 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys, deadline time.T
 			if ctx.Err() != nil {
 				return fillResult{}, ctx.Err()
 			}
-			return c.fillLocal(ctx, k, keys, deadline)
+			return c.fillLocal(ctx, k, keys, gen, deadline)
 		}
 		if state != acquireBusy && !waitStart.IsZero() {
 			c.metrics.leaseWait.Observe(time.Since(waitStart).Seconds())
 		}
 		switch state {
 		case acquireFound:
-			c.localSet(keys.value, e)
+			if c.afterRedisRead != nil {
+				c.afterRedisRead()
+			}
+			c.localSetIf(keys.value, e, gen)
 			return fillResult{entry: e, result: ResultCoalesced}, nil
 		case acquireTaken:
-			return c.fetchAndStore(ctx, k, keys, owner, deadline)
+			return c.fetchAndStore(ctx, k, keys, owner, gen, deadline)
 		}
 		if waitStart.IsZero() {
 			waitStart = time.Now()
@@ -107,7 +111,7 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys, deadline time.T
 // fetchAndStore calls Polyv while holding the lease, stores what it gets and
 // wakes the waiters. A rejection is stored as a negative entry; any other
 // failure releases the lease so that a waiter can try.
-func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner string, deadline time.Time) (fillResult, error) {
+func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner string, gen uint64, deadline time.Time) (fillResult, error) {
 	stopRenew := c.renewLease(ctx, keys, owner)
 	defer stopRenew()
 	defer c.events.publish(context.WithoutCancel(ctx), c.rdb, keys.value)
@@ -119,33 +123,33 @@ func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner 
 	tok, err := c.callUpstream(ctx, k)
 	if err != nil {
 		if e, ok := c.rejection(err); ok {
-			c.store(ctx, keys, owner, e)
+			c.store(ctx, keys, owner, e, gen)
 			return fillResult{entry: e, result: ResultMiss}, nil
 		}
 		c.releaseLease(ctx, keys, owner)
 		return fillResult{}, err
 	}
 	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}
-	c.store(ctx, keys, owner, e)
+	c.store(ctx, keys, owner, e, gen)
 	return fillResult{entry: e, result: ResultMiss}, nil
 }
 
 // fillLocal fetches without Redis: per-process coalescing (the caller's
 // singleflight), the local rate limit and the local cache only.
-func (c *Cache) fillLocal(ctx context.Context, k Key, keys redisKeys, deadline time.Time) (fillResult, error) {
+func (c *Cache) fillLocal(ctx context.Context, k Key, keys redisKeys, gen uint64, deadline time.Time) (fillResult, error) {
 	if err := c.waitLocalSlot(ctx, deadline); err != nil {
 		return fillResult{}, err
 	}
 	tok, err := c.callUpstream(ctx, k)
 	if err != nil {
 		if e, ok := c.rejection(err); ok {
-			c.localSet(keys.value, e)
+			c.localSetIf(keys.value, e, gen)
 			return fillResult{entry: e, result: ResultMiss}, nil
 		}
 		return fillResult{}, err
 	}
 	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}
-	c.localSet(keys.value, e)
+	c.localSetIf(keys.value, e, gen)
 	return fillResult{entry: e, result: ResultMiss}, nil
 }
 

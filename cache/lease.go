@@ -103,10 +103,11 @@ func (c *Cache) takeRefreshLease(ctx context.Context, keys redisKeys, owner stri
 	return true, stored, failures, nil
 }
 
-// store writes e to Redis and the local cache, releasing the lease. A Redis
+// store writes e to Redis and, unless invalidated since gen, to the local
+// cache, releasing the lease. A Redis
 // failure here loses nothing the caller needs: the token is still returned.
-func (c *Cache) store(ctx context.Context, keys redisKeys, owner string, e entry) {
-	c.localSet(keys.value, e)
+func (c *Cache) store(ctx context.Context, keys redisKeys, owner string, e entry, gen uint64) {
+	c.localSetIf(keys.value, e, gen)
 	ttl := e.Until.Sub(c.opts.Now())
 	if ttl < time.Millisecond {
 		return

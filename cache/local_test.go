@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 )
@@ -77,4 +78,41 @@ func TestRefreshInvalidatesOtherInstances(t *testing.T) {
 		tok, _, _ := other.Get(ctx, viewerKey)
 		return tok.Token != first.Token
 	})
+}
+
+// A Delete that runs between a Redis read and the local-cache write after it
+// must win: the deleted token never reaches the local cache.
+func TestDeleteRacingARedisReadNeverRefillsTheLocalCache(t *testing.T) {
+	for _, path := range []string{"get", "fill"} {
+		t.Run(path, func(t *testing.T) {
+			rdb, _ := backends()[1].open(t)
+			up := &fakeUpstream{}
+			fleet := newFleet(t, rdb, up, 2, nil)
+			a, b := fleet[0], fleet[1]
+			ctx := context.Background()
+			deleted, _, err := a.Get(ctx, viewerKey)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var once sync.Once
+			b.afterRedisRead = func() {
+				once.Do(func() {
+					if err := b.Delete(ctx, viewerKey); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			if path == "get" {
+				_, _, _ = b.Get(ctx, viewerKey)
+			} else {
+				_, _, _ = b.fillShared(ctx, viewerKey, viewerKey.redisKeys("tc:"))
+			}
+			time.Sleep(100 * time.Millisecond) // the invalidation has arrived
+			for i := range 3 {
+				if tok, res, _ := b.Get(ctx, viewerKey); tok.Token == deleted.Token {
+					t.Fatalf("Get() #%d after Delete = the deleted token (%v)", i, res)
+				}
+			}
+		})
+	}
 }

@@ -61,6 +61,7 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 	defer cancel()
 
 	owner := randomID()
+	gen := c.localGen(keys.value)
 	gate, _ := c.refreshGate.Get(keys.value)
 	failures := gate.failures
 	fleet := c.redisUsable()
@@ -72,7 +73,7 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 		if err == nil && stored.Token != nil && stored.Token.IssuedAt.After(seen) {
 			c.releaseLease(ctx, keys, owner)
 			c.refreshGate.Remove(keys.value)
-			c.localSet(keys.value, stored)
+			c.localSetIf(keys.value, stored, gen)
 			return // another instance refreshed it already
 		}
 		fleet = err == nil
@@ -98,10 +99,10 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 	c.refreshGate.Remove(keys.value)
 	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}
 	if !fleet {
-		c.localSet(keys.value, e)
+		c.localSetIf(keys.value, e, gen)
 		return
 	}
-	c.store(ctx, keys, owner, e)
+	c.store(ctx, keys, owner, e, gen)
 	c.events.publish(ctx, c.rdb, keys.value)
 }
 
