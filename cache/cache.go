@@ -195,7 +195,7 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 	c.fleetLimiter = redis_rate.NewLimiter(rdb)
 
 	c.life, c.stop = context.WithCancel(context.Background())
-	c.events = newEvents(c.id, c.opts.Prefix+keyVersion+":events", c.dropLocal)
+	c.events = newEvents(c.id, c.opts.Prefix+keyVersion+":events", c.dropLocal, c.dropAllLocal)
 	c.events.start(c.life, rdb, &c.bg)
 	return c, nil
 }

@@ -11,22 +11,26 @@ import (
 
 // events carries "this key changed" across the fleet on one pub/sub channel.
 // A message drops the key from every other instance's local cache and wakes
-// every local waiter for the key.
+// every local waiter for the key. Messages sent while the subscription was
+// down are lost, so each new subscription drops the whole local cache.
 type events struct {
 	self    string
 	channel string
 	drop    func(key string)
+	dropAll func()
 
 	mu      sync.Mutex
 	waiters map[string]map[chan struct{}]struct{}
 }
 
-func newEvents(self, channel string, drop func(string)) *events {
-	return &events{self: self, channel: channel, drop: drop, waiters: map[string]map[chan struct{}]struct{}{}}
+func newEvents(self, channel string, drop func(string), dropAll func()) *events {
+	return &events{self: self, channel: channel, drop: drop, dropAll: dropAll, waiters: map[string]map[chan struct{}]struct{}{}}
 }
 
 // start subscribes and dispatches messages until ctx ends. go-redis
-// resubscribes by itself after Redis comes back.
+// resubscribes by itself after a connection drops, and says so with a
+// *redis.Subscription; a health-check ping every second finds a dead
+// connection that sent no error.
 func (ev *events) start(ctx context.Context, rdb rediser, bg *sync.WaitGroup) {
 	ps := rdb.Subscribe(ctx, ev.channel)
 	// Wait briefly for the subscription, so that messages sent right after
@@ -34,7 +38,7 @@ func (ev *events) start(ctx context.Context, rdb rediser, bg *sync.WaitGroup) {
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	_, _ = ps.Receive(rctx)
 	cancel()
-	msgs := ps.Channel(redis.WithChannelHealthCheckInterval(5 * time.Second))
+	msgs := ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(time.Second))
 	bg.Add(1)
 	go func() {
 		defer bg.Done()
@@ -47,7 +51,14 @@ func (ev *events) start(ctx context.Context, rdb rediser, bg *sync.WaitGroup) {
 				if !ok {
 					return
 				}
-				ev.dispatch(m.Payload)
+				switch m := m.(type) {
+				case *redis.Message:
+					ev.dispatch(m.Payload)
+				case *redis.Subscription:
+					if m.Kind == "subscribe" {
+						ev.dropAll()
+					}
+				}
 			}
 		}
 	}()
