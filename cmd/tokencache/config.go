@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/redisconn"
 	"github.com/tokencache/tokencache/polyv"
 )
 
@@ -203,7 +204,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("addr", c.Addr), slog.String("polyvAppId", c.AppID), slog.Any("polyvAppSecret", c.AppSecret),
 		slog.String("polyvBaseUrl", c.BaseURL), slog.String("polyvTimeout", c.PolyvTimeout.String()),
 		slog.Int("polyvRateLimit", c.RateLimit), slog.String("polyvSignMethod", c.SignMethod),
-		slog.String("redis", redactURL(c.RedisURL)), slog.Bool("redisCluster", c.RedisCluster),
+		slog.String("redis", redisconn.RedactURL(c.RedisURL)), slog.Bool("redisCluster", c.RedisCluster),
 		slog.Int("apiKeys", len(c.APIKeys)), slog.String("auth", c.Auth),
 		slog.String("ttl", c.TTL.String()), slog.String("refreshAfter", c.RefreshAfter.String()), slog.String("negativeTtl", c.NegativeTTL.String()),
 		slog.Int("localSize", c.LocalSize), slog.String("keyPrefix", c.KeyPrefix), slog.Bool("demo", c.Demo),
@@ -212,21 +213,6 @@ func (c Config) LogValue() slog.Value {
 
 // Format prints the config as LogValue does, whatever the verb.
 func (c Config) Format(f fmt.State, _ rune) { fmt.Fprint(f, c.LogValue().String()) }
-
-// redactURL drops the password of a Redis URL.
-func redactURL(u string) string {
-	if u == "" {
-		return "embedded"
-	}
-	scheme, rest, ok := strings.Cut(u, "://")
-	if !ok {
-		return "[unparseable]"
-	}
-	if at := strings.LastIndex(rest, "@"); at >= 0 {
-		rest = "[redacted]@" + rest[at+1:]
-	}
-	return scheme + "://" + rest
-}
 
 func parseLevel(s string) (slog.Level, error) {
 	var l slog.Level

@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 	"github.com/tokencache/tokencache/cache"
 	"github.com/tokencache/tokencache/httpapi"
 	"github.com/tokencache/tokencache/internal/healthcheck"
+	"github.com/tokencache/tokencache/internal/redisconn"
 	"github.com/tokencache/tokencache/polyv"
 	"github.com/tokencache/tokencache/polyv/polyvsim"
 )
@@ -164,57 +164,22 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-// openRedis connects to REDIS_URL: a Cluster with REDIS_CLUSTER, Sentinel
-// when the URL names a master_name, else a single server. An empty URL starts
-// an embedded miniredis. Timeouts the URL leaves unset are short: the cache
-// falls back to local state rather than wait for a sick Redis.
+// openRedis connects to REDIS_URL; an empty URL starts an embedded miniredis.
 func openRedis(cfg Config) (redis.UniversalClient, *miniredis.Miniredis, error) {
-	const (
-		dialTimeout = time.Second
-		ioTimeout   = 500 * time.Millisecond
-	)
-	// Parse errors may quote the URL, password and all.
-	urlErr := func(err error) error {
-		return fmt.Errorf("REDIS_URL %s: %s", redactURL(cfg.RedisURL), strings.ReplaceAll(err.Error(), cfg.RedisURL, redactURL(cfg.RedisURL)))
+	if cfg.RedisURL != "" {
+		rdb, err := redisconn.Open(redisconn.Options{URL: cfg.RedisURL, Cluster: cfg.RedisCluster})
+		return rdb, nil, err
 	}
-	short := func(dial, read, write *time.Duration) {
-		for _, d := range []struct {
-			p *time.Duration
-			v time.Duration
-		}{{dial, dialTimeout}, {read, ioTimeout}, {write, ioTimeout}} {
-			if *d.p == 0 {
-				*d.p = d.v
-			}
-		}
+	mr := miniredis.NewMiniRedis()
+	if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+		return nil, nil, fmt.Errorf("start embedded redis: %w", err)
 	}
-	switch {
-	case cfg.RedisURL == "":
-		mr := miniredis.NewMiniRedis()
-		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
-			return nil, nil, fmt.Errorf("start embedded redis: %w", err)
-		}
-		return redis.NewClient(&redis.Options{Addr: mr.Addr(), DialTimeout: dialTimeout, ReadTimeout: ioTimeout, WriteTimeout: ioTimeout}), mr, nil
-	case cfg.RedisCluster:
-		o, err := redis.ParseClusterURL(cfg.RedisURL)
-		if err != nil {
-			return nil, nil, urlErr(err)
-		}
-		short(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout)
-		return redis.NewClusterClient(o), nil, nil
-	case strings.Contains(cfg.RedisURL, "master_name="):
-		o, err := redis.ParseFailoverURL(cfg.RedisURL)
-		if err != nil {
-			return nil, nil, urlErr(err)
-		}
-		short(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout)
-		return redis.NewFailoverClient(o), nil, nil
-	}
-	o, err := redis.ParseURL(cfg.RedisURL)
+	rdb, err := redisconn.Open(redisconn.Options{URL: "redis://" + mr.Addr()})
 	if err != nil {
-		return nil, nil, urlErr(err)
+		mr.Close()
+		return nil, nil, err
 	}
-	short(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout)
-	return redis.NewClient(o), nil, nil
+	return rdb, mr, nil
 }
 
 // startDemo starts an in-process Polyv simulator and fills in generated

@@ -17,6 +17,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/tokencache/tokencache/internal/redisconn"
 )
 
 // Server is a redis-server process.
@@ -78,12 +80,14 @@ func (s *Server) Restart(tb testing.TB) {
 	s.start(tb)
 }
 
-// Client returns a client of the server with short timeouts, closed at cleanup.
-func (s *Server) Client(tb testing.TB) *redis.Client {
+// Client returns a client of the server, built as the server builds its own
+// (redisconn.Open), closed at cleanup.
+func (s *Server) Client(tb testing.TB) redis.UniversalClient {
 	tb.Helper()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, DialTimeout: 200 * time.Millisecond,
-		ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond, MaxRetries: -1,
-		MaintNotificationsConfig: noMaint()})
+	c, err := redisconn.Open(redisconn.Options{URL: "redis://" + s.Addr})
+	if err != nil {
+		tb.Fatal(err)
+	}
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
 }

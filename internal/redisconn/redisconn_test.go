@@ -1,0 +1,75 @@
+package redisconn_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tokencache/tokencache/cache"
+	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/polyv"
+)
+
+// instantUpstream answers at once with a new token.
+type instantUpstream struct{ n atomic.Int64 }
+
+func (u *instantUpstream) ChatToken(context.Context, polyv.ChatTokenRequest) (polyv.ChatToken, error) {
+	return polyv.ChatToken{Token: fmt.Sprint("tok-", u.n.Add(1)), MediaChannelKey: "m"}, nil
+}
+
+func (u *instantUpstream) ChannelToken(context.Context, string) (polyv.ChannelToken, error) {
+	return polyv.ChannelToken{Token: fmt.Sprint("tok-", u.n.Add(1)), MediaChannelKey: "m"}, nil
+}
+
+func newCache(t *testing.T, srv *redistest.Server) *cache.Cache {
+	t.Helper()
+	c, err := cache.New(srv.Client(t), &instantUpstream{}, cache.Options{RateLimit: 100000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// slowest runs n Gets of new keys, one after another, and returns the
+// longest one.
+func slowest(t *testing.T, c *cache.Cache, n int, timeout time.Duration) time.Duration {
+	t.Helper()
+	var worst time.Duration
+	for i := range n {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		start := time.Now()
+		_, _, _ = c.Get(ctx, cache.ChatKey("c", fmt.Sprint(time.Now().UnixNano(), i), "viewer", ""))
+		worst = max(worst, time.Since(start))
+		cancel()
+	}
+	return worst
+}
+
+// A dead Redis costs each request at most a few hundred milliseconds, even
+// before the circuit opens. The bound is generous, so that it only catches
+// retries and dial loops, never a slow machine.
+func TestKilledRedisCostsLittle(t *testing.T) {
+	srv := redistest.Start(t)
+	c := newCache(t, srv)
+	srv.Kill()
+	if worst := slowest(t, c, 10, 10*time.Second); worst > time.Second {
+		t.Errorf("slowest Get() with Redis killed took %v, want under 1s", worst)
+	}
+}
+
+// A stalled Redis never holds a caller past its own deadline.
+func TestStalledRedisRespectsTheCallersDeadline(t *testing.T) {
+	srv := redistest.Start(t, "--enable-debug-command", "local")
+	c := newCache(t, srv)
+	admin := srv.Client(t)
+	stalled := make(chan error, 1)
+	go func() { stalled <- admin.Do(context.Background(), "DEBUG", "SLEEP", "2").Err() }()
+	time.Sleep(100 * time.Millisecond) // DEBUG SLEEP is under way
+	if worst := slowest(t, c, 3, 100*time.Millisecond); worst > 400*time.Millisecond {
+		t.Errorf("slowest Get() with a 100ms deadline on a stalled Redis took %v", worst)
+	}
+	<-stalled
+}
