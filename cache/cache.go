@@ -155,6 +155,7 @@ type Cache struct {
 	rateKey      string
 	localLimiter *rate.Limiter
 	breaker      *gobreaker.CircuitBreaker[struct{}]
+	slots        slotQueue
 
 	events *events
 
@@ -192,7 +193,7 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 	c.refreshGate, _ = lru.New[string, refreshState](10000)
 	c.breaker = newBreaker(opts, c.metrics)
 	rdb.AddHook(breakerHook{cb: c.breaker, metrics: c.metrics})
-	c.fleetLimiter = redis_rate.NewLimiter(rdb)
+	c.fleetLimiter = redis_rate.NewLimiter(limiterKeys{rdb})
 
 	c.life, c.stop = context.WithCancel(context.Background())
 	c.events = newEvents(c.id, c.opts.Prefix+keyVersion+":events", c.dropLocal, c.dropAllLocal)

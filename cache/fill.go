@@ -20,7 +20,6 @@ type fillResult struct {
 // runs detached from any caller; each caller waits only as long as its ctx.
 func (c *Cache) fillShared(ctx context.Context, k Key, keys redisKeys) (Token, Result, error) {
 	leader := false
-	deadline, _ := ctx.Deadline()
 	detached := context.WithoutCancel(ctx)
 	ch := c.group.DoChan(keys.value, func() (v any, err error) {
 		leader = true
@@ -31,10 +30,13 @@ func (c *Cache) fillShared(ctx context.Context, k Key, keys redisKeys) (Token, R
 		}()
 		fctx, cancel := context.WithTimeout(detached, c.opts.FillTimeout)
 		defer cancel()
-		return c.fill(fctx, k, keys, deadline)
+		return c.fill(fctx, k, keys)
 	})
 	select {
 	case <-ctx.Done():
+		if c.fillQueued(keys.value) {
+			return Token{}, ResultError, c.gaveUp(ctx, c.interval())
+		}
 		return Token{}, ResultError, ctx.Err()
 	case r := <-ch:
 		if r.Err != nil {
@@ -59,7 +61,7 @@ func (c *Cache) fillShared(ctx context.Context, k Key, keys redisKeys) (Token, R
 // fill gets k's token for the fleet: it checks Redis again, then either takes
 // the lease and calls Polyv, or waits for the holder's value, taking over if
 // the holder's lease lapses. Without Redis it fetches on its own.
-func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys, deadline time.Time) (fillResult, error) {
+func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, error) {
 	// A flight that just ended may have filled the local cache after this
 	// caller looked: singleflight only merges calls that overlap.
 	if e, ok := c.localGet(keys.value); ok {
@@ -67,7 +69,7 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys, deadline time.T
 	}
 	gen := c.localGen(keys.value)
 	if !c.redisUsable() {
-		return c.fillLocal(ctx, k, keys, gen, deadline)
+		return c.fillLocal(ctx, k, keys, gen)
 	}
 	owner := randomID()
 	wake, unregister := c.events.wait(keys.value)
@@ -80,7 +82,7 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys, deadline time.T
 			if ctx.Err() != nil {
 				return fillResult{}, ctx.Err()
 			}
-			return c.fillLocal(ctx, k, keys, gen, deadline)
+			return c.fillLocal(ctx, k, keys, gen)
 		}
 		if state != acquireBusy && !waitStart.IsZero() {
 			c.metrics.leaseWait.Observe(time.Since(waitStart).Seconds())
@@ -93,7 +95,7 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys, deadline time.T
 			c.localSetIf(keys.value, e, gen)
 			return fillResult{entry: e, result: ResultCoalesced}, nil
 		case acquireTaken:
-			return c.fetchAndStore(ctx, k, keys, owner, gen, deadline)
+			return c.fetchAndStore(ctx, k, keys, owner, gen)
 		}
 		if waitStart.IsZero() {
 			waitStart = time.Now()
@@ -111,12 +113,12 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys, deadline time.T
 // fetchAndStore calls Polyv while holding the lease, stores what it gets and
 // wakes the waiters. A rejection is stored as a negative entry; any other
 // failure releases the lease so that a waiter can try.
-func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner string, gen uint64, deadline time.Time) (fillResult, error) {
+func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner string, gen uint64) (fillResult, error) {
 	stopRenew := c.renewLease(ctx, keys, owner)
 	defer stopRenew()
 	defer c.events.publish(context.WithoutCancel(ctx), c.rdb, keys.value)
 
-	if err := c.waitFleetSlot(ctx, deadline); err != nil {
+	if err := c.waitSlot(ctx, keys.value, true); err != nil {
 		c.releaseLease(ctx, keys, owner)
 		return fillResult{}, err
 	}
@@ -136,8 +138,8 @@ func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner 
 
 // fillLocal fetches without Redis: per-process coalescing (the caller's
 // singleflight), the local rate limit and the local cache only.
-func (c *Cache) fillLocal(ctx context.Context, k Key, keys redisKeys, gen uint64, deadline time.Time) (fillResult, error) {
-	if err := c.waitLocalSlot(ctx, deadline); err != nil {
+func (c *Cache) fillLocal(ctx context.Context, k Key, keys redisKeys, gen uint64) (fillResult, error) {
+	if err := c.waitSlot(ctx, keys.value, false); err != nil {
 		return fillResult{}, err
 	}
 	tok, err := c.callUpstream(ctx, k)

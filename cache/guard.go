@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
-	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -15,23 +13,6 @@ import (
 // ErrRedisUnavailable is returned, wrapped, for Redis work skipped or failed
 // because Redis is down.
 var ErrRedisUnavailable = errors.New("cache: redis unavailable")
-
-// UnavailableError says no Polyv call could be made in time: the rate limit
-// had no slot before the caller's deadline.
-type UnavailableError struct {
-	RetryAfter time.Duration
-	Reason     string
-}
-
-func (e *UnavailableError) Error() string {
-	return fmt.Sprintf("cache: upstream unavailable: %s; retry after %v", e.Reason, e.RetryAfter)
-}
-
-// RetryAfterSeconds is RetryAfter rounded up to whole seconds, at least 1,
-// as a Retry-After header wants it.
-func (e *UnavailableError) RetryAfterSeconds() string {
-	return strconv.Itoa(max(1, int(math.Ceil(e.RetryAfter.Seconds()))))
-}
 
 func redisFailure(err error) error {
 	if errors.Is(err, ErrRedisUnavailable) {

@@ -63,7 +63,7 @@ const (
 // trusted, or else tries the fill lease. A value that cannot be trusted
 // counts as absent, and is overwritten by the fetch.
 func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (int, entry, error) {
-	res, err := acquireScript.Run(ctx, c.rdb, []string{keys.value, keys.lease()}, owner, c.opts.LeaseTTL.Milliseconds()).Slice()
+	res, err := acquireScript.Run(ctx, c.rdb, []string{keys.value, keys.lease()}, owner, c.leaseFor().Milliseconds()).Slice()
 	if err != nil {
 		return 0, entry{}, err
 	}
@@ -75,7 +75,7 @@ func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (int,
 	if e, ok := decodeEntry([]byte(raw)); ok && c.opts.Now().Before(e.Until) {
 		return acquireFound, e, nil
 	}
-	took, err := c.rdb.SetNX(ctx, keys.lease(), owner, c.opts.LeaseTTL).Result()
+	took, err := c.rdb.SetNX(ctx, keys.lease(), owner, c.leaseFor()).Result()
 	if err != nil || !took {
 		return acquireBusy, entry{}, err
 	}
@@ -126,22 +126,31 @@ func (c *Cache) backOff(ctx context.Context, keys redisKeys, owner string, failu
 		owner, failures, (wait + backoffMemory).Milliseconds()).Err()
 }
 
+// leaseFor is how long a fill lease lasts without renewal: LeaseTTL, plus
+// the time this instance's rate-limit queue needs to drain.
+func (c *Cache) leaseFor() time.Duration { return c.opts.LeaseTTL + c.queueWait() }
+
 // renewLease extends the lease while its holder works, so that only a dead
-// holder's lease lapses.
+// holder's lease lapses. Each extension covers LeaseTTL plus the time this
+// instance's rate-limit queue needs to drain, and the next comes when two
+// thirds of it have passed: a holder queued behind many fetches renews a few
+// times, not once per LeaseTTL/3, and a dead holder blocks the others no
+// longer than they would wait for a slot anyway.
 func (c *Cache) renewLease(ctx context.Context, keys redisKeys, owner string) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(c.opts.LeaseTTL / 3)
-		defer t.Stop()
+		next := c.leaseFor() * 2 / 3
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
-				_ = extendScript.Run(ctx, c.rdb, []string{keys.lease()}, owner, c.opts.LeaseTTL.Milliseconds()).Err()
+			case <-time.After(next):
 			}
+			ext := c.leaseFor()
+			_ = extendScript.Run(ctx, c.rdb, []string{keys.lease()}, owner, ext.Milliseconds()).Err()
+			next = ext * 2 / 3
 		}
 	}()
 	return func() { cancel(); <-done }

@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/polyv"
 )
 
 func TestFleetRateLimit(t *testing.T) {
@@ -14,7 +19,7 @@ func TestFleetRateLimit(t *testing.T) {
 		rdb, _ := b.open(t)
 		const limit = 20
 		up := &fakeUpstream{}
-		opts := testOptions(func(o *Options) { o.RateLimit = limit })
+		opts := testOptions(func(o *Options) { o.RateLimit = limit; o.FillTimeout = 15 * time.Second })
 		fleet := newFleet(t, rdb, up, 3, &opts)
 
 		// 90 distinct misses across the fleet, each willing to wait 10s.
@@ -67,5 +72,126 @@ func TestRateLimitUnavailableWithinDeadline(t *testing.T) {
 	}
 	if got := up.calls.Load(); got != 1 {
 		t.Errorf("upstream calls = %d, want 1", got)
+	}
+}
+
+// commandCounter counts the Redis commands a client sends.
+type commandCounter struct{ n atomic.Int64 }
+
+func (h *commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { h.n.Add(1); return next(ctx, cmd) }
+}
+func (h *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { h.n.Add(int64(len(cmds))); return next(ctx, cmds) }
+}
+
+// Fetches queued at the rate limit wait in-process: Redis commands per fetch
+// stay a small constant however many wait.
+func TestQueuedFetchesDoNotFloodRedis(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	const limit, keys = 20, 60
+	up := &fakeUpstream{}
+	opts := testOptions(func(o *Options) { o.RateLimit = limit })
+	var counter commandCounter
+	fleet := make([]*Cache, 3)
+	for i := range fleet {
+		client := ownClient(t, rdb)
+		client.AddHook(&counter)
+		fleet[i] = newCache(t, client, up, opts)
+	}
+	counter.n.Store(0)
+	hammer(keys, func(i int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if _, _, err := fleet[i%3].Get(ctx, ChatKey("c", fmt.Sprint(i), "viewer", "")); err != nil {
+			t.Errorf("Get(): %v", err)
+		}
+	})
+	perFetch := float64(counter.n.Load()) / keys
+	t.Logf("%d Redis commands for %d fetches queued at %d/s: %.1f per fetch", counter.n.Load(), keys, limit, perFetch)
+	if perFetch > 15 {
+		t.Errorf("%.1f Redis commands per fetch, want at most 15", perFetch)
+	}
+}
+
+// The shared fetch runs on its own budget: a follower with a long deadline
+// gets its token even when the leader's short deadline ends in the queue.
+func TestFollowerOutlivesTheLeadersDeadline(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		rdb, _ := b.open(t)
+		up := &fakeUpstream{}
+		opts := testOptions(func(o *Options) { o.RateLimit = 10 })
+		fleet := newFleet(t, rdb, up, 2, &opts)
+		// Another instance keeps the limit busy.
+		busy := make(chan struct{})
+		go func() {
+			defer close(busy)
+			hammer(10, func(i int) {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				_, _, _ = fleet[1].Get(ctx, ChatKey("busy", fmt.Sprint(i), "viewer", ""))
+			})
+		}()
+		time.Sleep(50 * time.Millisecond)
+		leaderErr := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
+			defer cancel()
+			_, _, err := fleet[0].Get(ctx, viewerKey)
+			leaderErr <- err
+		}()
+		time.Sleep(20 * time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		tok, res, err := fleet[0].Get(ctx, viewerKey)
+		if err != nil || tok.Token == "" {
+			t.Errorf("follower Get() = %v, %v; want a token", res, err)
+		}
+		// The leader may win a slot in time; if not, the rate limit is why.
+		var unavailable *UnavailableError
+		if err := <-leaderErr; err != nil && !errors.As(err, &unavailable) {
+			t.Errorf("leader Get() error = %v, want a token or *UnavailableError", err)
+		}
+		<-busy
+	})
+}
+
+// A caller that cancels gets its context's error, not "unavailable".
+func TestCancelledCallerGetsItsContextError(t *testing.T) {
+	rdb, _ := backends()[0].open(t)
+	c := newCache(t, rdb, &fakeUpstream{}, testOptions(func(o *Options) { o.RateLimit = 1 }))
+	if _, _, err := c.Get(context.Background(), ChatKey("c", "0", "viewer", "")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if _, _, err := c.Get(ctx, ChatKey("c", "1", "viewer", "")); !errors.Is(err, context.Canceled) {
+		t.Errorf("Get() error = %v, want context.Canceled", err)
+	}
+}
+
+// Every key the cache writes, the limiter's included, starts with the
+// prefix, so that a Redis ACL scoped to it works.
+func TestEveryKeyUnderThePrefix(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	clk := newClock()
+	up := &fakeUpstream{}
+	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.Prefix = "acl:"; o.Now = clk.Now; o.RefreshBackoff = time.Minute }))
+	ctx := context.Background()
+	_, _, _ = c.Get(ctx, viewerKey)
+	up.setErr(&polyv.APIError{Code: 500, Message: "fail"})
+	clk.Add(5*time.Hour + time.Minute)
+	_, _, _ = c.Get(ctx, viewerKey) // a failed refresh: a backoff key
+	eventually(t, "the refresh to fail", func() bool { return up.calls.Load() == 2 })
+	time.Sleep(50 * time.Millisecond)
+	keys, err := rdb.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, "acl:") {
+			t.Errorf("key %q is outside the prefix", k)
+		}
 	}
 }

@@ -84,7 +84,7 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 		defer stopRenew()
 	}
 
-	tok, err := c.refreshCall(ctx, k, fleet)
+	tok, err := c.refreshCall(ctx, k, keys, fleet)
 	if err != nil {
 		c.metrics.refreshes.WithLabelValues("failed").Inc()
 		failures++
@@ -106,12 +106,8 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 	c.events.publish(ctx, c.rdb, keys.value)
 }
 
-func (c *Cache) refreshCall(ctx context.Context, k Key, fleet bool) (Token, error) {
-	wait := c.waitLocalSlot
-	if fleet {
-		wait = c.waitFleetSlot
-	}
-	if err := wait(ctx, time.Time{}); err != nil {
+func (c *Cache) refreshCall(ctx context.Context, k Key, keys redisKeys, fleet bool) (Token, error) {
+	if err := c.waitSlot(ctx, keys.value, fleet); err != nil {
 		return Token{}, err
 	}
 	return c.callUpstream(ctx, k)

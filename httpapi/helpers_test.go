@@ -78,7 +78,7 @@ var (
 	errServer        = &polyv.APIError{Code: 500, Message: "fail"}
 	errPolyvRate     = &polyv.APIError{Code: 400, Message: "qps exceeds number of calls"}
 	errMalformed     = &polyv.MalformedError{HTTPStatus: 502, Reason: "html"}
-	errUnavailable   = &cache.UnavailableError{RetryAfter: 1500 * time.Millisecond, Reason: "rate"}
+	errUnavailable   = &cache.UnavailableError{RetryAfter: 1500 * time.Millisecond}
 	errTimeout       = context.DeadlineExceeded
 	errInternal      = errors.New("disk on fire")
 )
