@@ -37,7 +37,7 @@ func (f *fakeUpstream) setErr(err error) { f.mu.Lock(); f.err = err; f.mu.Unlock
 func (f *fakeUpstream) ChatToken(ctx context.Context, req polyv.ChatTokenRequest) (polyv.ChatToken, error) {
 	n := f.calls.Add(1)
 	f.mu.Lock()
-	err, doPanic, hang := f.err, f.panic, f.hang
+	err, doPanic, hang, delay := f.err, f.panic, f.hang, f.delay
 	f.times = append(f.times, time.Now())
 	if f.keys == nil {
 		f.keys = map[string]int{}
@@ -50,9 +50,9 @@ func (f *fakeUpstream) ChatToken(ctx context.Context, req polyv.ChatTokenRequest
 	if hang {
 		select {} // ignores ctx on purpose
 	}
-	if f.delay > 0 {
+	if delay > 0 {
 		select {
-		case <-time.After(f.delay):
+		case <-time.After(delay):
 		case <-ctx.Done():
 			return polyv.ChatToken{}, ctx.Err()
 		}

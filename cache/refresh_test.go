@@ -99,3 +99,28 @@ func TestDeleteClearsEveryKeyOfTheIdentity(t *testing.T) {
 		}
 	}
 }
+
+// A refresh under way ends with the cache: Close does not wait for Polyv.
+func TestCloseEndsARefreshUnderWay(t *testing.T) {
+	rdb, _ := backends()[0].open(t)
+	clk := newClock()
+	up := &fakeUpstream{}
+	c, err := New(rdb, up, testOptions(func(o *Options) { o.Now = clk.Now; o.FillTimeout = 30 * time.Second }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Get(context.Background(), viewerKey); err != nil {
+		t.Fatal(err)
+	}
+	up.mu.Lock()
+	up.delay = 20 * time.Second // honours ctx
+	up.mu.Unlock()
+	clk.Add(5*time.Hour + time.Minute)
+	_, _, _ = c.Get(context.Background(), viewerKey)
+	eventually(t, "the refresh to call Polyv", func() bool { return up.calls.Load() == 2 })
+	start := time.Now()
+	_ = c.Close()
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("Close() took %v with a refresh under way", took)
+	}
+}
