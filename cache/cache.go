@@ -39,6 +39,7 @@ var _ Upstream = (*polyv.Client)(nil)
 type rediser interface {
 	redis.Scripter // the lease scripts and the rate limiter
 	Get(ctx context.Context, key string) *redis.StringCmd
+	Set(ctx context.Context, key string, value any, expiration time.Duration) *redis.StatusCmd
 	SetNX(ctx context.Context, key string, value any, expiration time.Duration) *redis.BoolCmd
 	Del(ctx context.Context, keys ...string) *redis.IntCmd
 	Publish(ctx context.Context, channel string, message any) *redis.IntCmd

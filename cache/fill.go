@@ -67,6 +67,9 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, er
 	if e, ok := c.localGet(keys.value); ok {
 		return fillResult{entry: e, result: ResultCoalesced}, nil
 	}
+	if e, ok := c.channelRejected(ctx, k); ok {
+		return fillResult{entry: e, result: ResultNegative}, nil
+	}
 	gen := c.localGen(keys.value)
 	if !c.redisUsable() {
 		return c.fillLocal(ctx, k, keys, gen)
@@ -125,6 +128,7 @@ func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner 
 	tok, err := c.callUpstream(ctx, k)
 	if err != nil {
 		if e, ok := c.rejection(err); ok {
+			c.rememberChannelRejection(ctx, k, err, e, true)
 			c.store(ctx, keys, owner, e, gen)
 			return fillResult{entry: e, result: ResultMiss}, nil
 		}
@@ -145,6 +149,7 @@ func (c *Cache) fillLocal(ctx context.Context, k Key, keys redisKeys, gen uint64
 	tok, err := c.callUpstream(ctx, k)
 	if err != nil {
 		if e, ok := c.rejection(err); ok {
+			c.rememberChannelRejection(ctx, k, err, e, false)
 			c.localSetIf(keys.value, e, gen)
 			return fillResult{entry: e, result: ResultMiss}, nil
 		}
@@ -231,4 +236,37 @@ func (c *Cache) upstreamCall(ctx context.Context, k Key) (Token, error) {
 		tok.IssuedAt = sent
 	}
 	return tok, nil
+}
+
+// channelRejected returns the remembered rejection of k's channel, if any:
+// from the local cache, or from Redis.
+func (c *Cache) channelRejected(ctx context.Context, k Key) (entry, bool) {
+	key := k.channelRejection(c.opts.Prefix)
+	if e, ok := c.localGet(key); ok {
+		return e, true
+	}
+	if !c.redisUsable() {
+		return entry{}, false
+	}
+	gen := c.localGen(key)
+	e, found, err := c.redisGet(ctx, key)
+	if err != nil || !found || e.Rejected == nil {
+		return entry{}, false
+	}
+	c.localSetIf(key, e, gen)
+	return e, true
+}
+
+// rememberChannelRejection keeps e for k's whole channel when err rejects
+// the channel itself, in Redis too when fleet is set.
+func (c *Cache) rememberChannelRejection(ctx context.Context, k Key, err error, e entry, fleet bool) {
+	var apiErr *polyv.APIError
+	if !errors.As(err, &apiErr) || !apiErr.ChannelRejected() {
+		return
+	}
+	key := k.channelRejection(c.opts.Prefix)
+	c.localSetIf(key, e, c.localGen(key))
+	if fleet {
+		_ = c.rdb.Set(ctx, key, e.encode(), c.opts.NegativeTTL).Err()
+	}
 }

@@ -64,6 +64,11 @@ func (r redisKeys) lease() string { return r.sibling("l:") }
 // backoff is the key that holds the fleet back after failed refreshes.
 func (r redisKeys) backoff() string { return r.sibling("b:") }
 
+// channelRejection is the key of a Polyv rejection of k's whole channel.
+func (k Key) channelRejection(prefix string) string {
+	return ChannelKey(k.ChannelID).redisKeys(prefix).sibling("n:")
+}
+
 func (r redisKeys) sibling(kind string) string { return r.value[:r.base] + kind + r.value[r.base+2:] }
 
 func (k Key) redisKeys(prefix string) redisKeys {

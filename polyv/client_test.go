@@ -270,3 +270,19 @@ func TestNewReportsEveryProblem(t *testing.T) {
 		}
 	}
 }
+
+func TestChannelRejected(t *testing.T) {
+	for _, tt := range []struct {
+		err  *polyv.APIError
+		want bool
+	}{
+		{&polyv.APIError{Code: 403, Message: "illegal channel id: 666"}, true},
+		{&polyv.APIError{Code: 400, Message: "param validate error"}, false},
+		{&polyv.APIError{Code: 403, Message: "invalid signature."}, false},
+		{&polyv.APIError{Code: 500, Message: "illegal channel id"}, false},
+	} {
+		if got := tt.err.ChannelRejected(); got != tt.want {
+			t.Errorf("%q ChannelRejected() = %v, want %v", tt.err.Message, got, tt.want)
+		}
+	}
+}

@@ -52,6 +52,12 @@ func (e *APIError) Rejected() bool {
 	return e.Code != 200 && e.Code < 500 && !e.RateLimited() && !e.Misconfigured()
 }
 
+// ChannelRejected reports whether Polyv refused the channel itself ("illegal
+// channel id"): every request for that channel will be refused, whoever asks.
+func (e *APIError) ChannelRejected() bool {
+	return e.Rejected() && strings.Contains(strings.ToLower(e.Message), "illegal channel")
+}
+
 // MalformedError is a reply that is not Polyv's JSON envelope, such as a
 // gateway's HTML page, or a success without a token.
 type MalformedError struct {
