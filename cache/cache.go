@@ -40,7 +40,6 @@ type rediser interface {
 	redis.Scripter // the lease scripts and the rate limiter
 	Get(ctx context.Context, key string) *redis.StringCmd
 	Set(ctx context.Context, key string, value any, expiration time.Duration) *redis.StatusCmd
-	SetNX(ctx context.Context, key string, value any, expiration time.Duration) *redis.BoolCmd
 	Del(ctx context.Context, keys ...string) *redis.IntCmd
 	Publish(ctx context.Context, channel string, message any) *redis.IntCmd
 	Subscribe(ctx context.Context, channels ...string) *redis.PubSub
@@ -163,6 +162,9 @@ type Cache struct {
 	// afterRedisRead, when set by a test, runs between a Redis read and the
 	// local-cache write that follows it.
 	afterRedisRead func()
+	// afterUntrustedRead, when set by a test, runs between reading a value
+	// that cannot be used and trying the lease over it.
+	afterUntrustedRead func()
 
 	life context.Context // ends at Close; background work runs under it
 	stop context.CancelFunc

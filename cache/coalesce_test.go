@@ -192,3 +192,32 @@ func newFleet(tb testing.TB, rdb redis.UniversalClient, up Upstream, n int, opts
 	}
 	return fleet
 }
+
+// Found by TestRandomFaults: an instance that read an expired value, and
+// tried the lease only after another instance had fetched and stored a new
+// token, fetched again.
+func TestLeaseOverAnExpiredValueRechecksIt(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	clk := newClock()
+	up := &fakeUpstream{}
+	opts := testOptions(func(o *Options) { o.Now = clk.Now; o.LocalSize = -1 })
+	fleet := newFleet(t, rdb, up, 2, &opts)
+	a, b := fleet[0], fleet[1]
+	ctx := context.Background()
+	if _, _, err := a.Get(ctx, viewerKey); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(6 * time.Hour) // expired, though Redis still holds it
+	var fresh Token
+	b.afterUntrustedRead = func() {
+		b.afterUntrustedRead = nil
+		fresh, _, _ = a.Get(ctx, viewerKey)
+	}
+	tok, _, err := b.Get(ctx, viewerKey)
+	if err != nil || tok.Token != fresh.Token {
+		t.Errorf("Get() = %q, %v; want %q, the token the other instance just fetched", tok.Token, err, fresh.Token)
+	}
+	if got := up.calls.Load(); got != 2 {
+		t.Errorf("upstream calls = %d, want 2", got)
+	}
+}

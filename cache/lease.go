@@ -19,6 +19,15 @@ if v then return {1, v} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
 return {0}`)
 
+	// leaseOverScript takes the fill lease over a value the caller could not
+	// use (ARGV[3]), unless the value has changed since: then it returns
+	// {1, value} as acquireScript does.
+	leaseOverScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[3] then return {1, v} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {0}`)
+
 	// refreshLeaseScript takes the lease for a refresh unless the fleet is
 	// backing off (the backoff key lives longer than ARGV[3] ms) or another
 	// instance holds it. It returns {1, value, failures} or {0}.
@@ -63,23 +72,27 @@ const (
 // trusted, or else tries the fill lease. A value that cannot be trusted
 // counts as absent, and is overwritten by the fetch.
 func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (int, entry, error) {
-	res, err := acquireScript.Run(ctx, c.rdb, []string{keys.value, keys.lease()}, owner, c.leaseFor().Milliseconds()).Slice()
-	if err != nil {
-		return 0, entry{}, err
+	script, args := acquireScript, []any{owner, c.leaseFor().Milliseconds()}
+	for {
+		res, err := script.Run(ctx, c.rdb, []string{keys.value, keys.lease()}, args...).Slice()
+		if err != nil {
+			return 0, entry{}, err
+		}
+		state, _ := res[0].(int64)
+		if state != acquireFound {
+			return int(state), entry{}, nil
+		}
+		raw, _ := res[1].(string)
+		if e, ok := decodeEntry([]byte(raw)); ok && c.opts.Now().Before(e.Until) {
+			return acquireFound, e, nil
+		}
+		if c.afterUntrustedRead != nil {
+			c.afterUntrustedRead()
+		}
+		// Take the lease over this value, unless another instance has
+		// stored a new one meanwhile.
+		script, args = leaseOverScript, []any{owner, c.leaseFor().Milliseconds(), raw}
 	}
-	state, _ := res[0].(int64)
-	if state != acquireFound {
-		return int(state), entry{}, nil
-	}
-	raw, _ := res[1].(string)
-	if e, ok := decodeEntry([]byte(raw)); ok && c.opts.Now().Before(e.Until) {
-		return acquireFound, e, nil
-	}
-	took, err := c.rdb.SetNX(ctx, keys.lease(), owner, c.leaseFor()).Result()
-	if err != nil || !took {
-		return acquireBusy, entry{}, err
-	}
-	return acquireTaken, entry{}, nil
 }
 
 // takeRefreshLease runs refreshLeaseScript. It reports whether this caller
