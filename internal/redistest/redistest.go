@@ -73,6 +73,9 @@ func (s *Server) Kill() {
 	}
 }
 
+// Killed reports whether the server is down.
+func (s *Server) Killed() bool { return s.cmd == nil }
+
 // Restart starts the server again on the same port, empty.
 func (s *Server) Restart(tb testing.TB) {
 	tb.Helper()

@@ -1,0 +1,320 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"pgregory.net/rapid"
+
+	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/polyv"
+)
+
+// faultUpstream issues unique tokens, or fails while failing is set, and
+// counts the tokens it issued per identity.
+type faultUpstream struct {
+	failing atomic.Bool
+	n       atomic.Int64
+
+	mu     sync.Mutex
+	issued map[string]int
+}
+
+func (u *faultUpstream) ChatToken(_ context.Context, req polyv.ChatTokenRequest) (polyv.ChatToken, error) {
+	if u.failing.Load() {
+		return polyv.ChatToken{}, &polyv.APIError{Endpoint: polyv.EndpointChatToken, Code: 500, Message: "fail"}
+	}
+	u.mu.Lock()
+	u.issued[req.UserID]++
+	u.mu.Unlock()
+	return polyv.ChatToken{Token: fmt.Sprint("tok-", u.n.Add(1)), MediaChannelKey: "m"}, nil
+}
+
+func (u *faultUpstream) ChannelToken(context.Context, string) (polyv.ChannelToken, error) {
+	return polyv.ChannelToken{}, errors.New("not used")
+}
+
+func (u *faultUpstream) issuedFor(userID string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.issued[userID]
+}
+
+// faultWorld is three instances on one real redis-server, and what the
+// test knows they may and may not do.
+type faultWorld struct {
+	srv   *redistest.Server
+	admin redis.UniversalClient
+	clk   *clock
+	up    *faultUpstream
+	fleet []*Cache
+	opts  Options
+	users []string
+
+	redisUp      bool
+	redisUpSince time.Time
+	served       map[string]map[string]bool // userID -> tokens served
+	deletedBy    map[string]time.Time       // token -> when it must no longer be served
+	allowed      map[string]int             // userID -> tokens Polyv may have issued
+	history      []string                   // what happened, for a failure's message
+}
+
+func (w *faultWorld) record(format string, args ...any) {
+	w.history = append(w.history, time.Now().Format("05.000 ")+fmt.Sprintf(format, args...))
+}
+
+// fail reports a broken promise with the story so far: rapid cannot always
+// replay a failure that depends on timing.
+func (w *faultWorld) fail(t *rapid.T, format string, args ...any) {
+	t.Fatalf(format+"\nhistory:\n%s", append(args, strings.Join(w.history, "\n"))...)
+}
+
+func (w *faultWorld) key(user string) Key { return ChatKey("c", user, "viewer", "") }
+
+// allowAll lets every identity cost n more tokens.
+func (w *faultWorld) allowAll(n int) {
+	for _, u := range w.users {
+		w.allowed[u] += n
+	}
+}
+
+// healthy reports whether Redis has been up, and every circuit closed, long
+// enough that nothing should slow a request down.
+func (w *faultWorld) healthy() bool {
+	if !w.redisUp || time.Since(w.redisUpSince) < 2*w.opts.BreakerOpenFor || w.up.failing.Load() {
+		return false
+	}
+	for _, c := range w.fleet {
+		if c.RedisCircuit() != "closed" {
+			return false
+		}
+	}
+	return true
+}
+
+// get runs one Get and checks what it served.
+func (w *faultWorld) get(t *rapid.T, c *Cache, user string, timeout time.Duration) {
+	healthy := w.healthy() && timeout >= time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	tok, res, err := c.Get(ctx, w.key(user))
+	took := time.Since(start)
+	w.record("  instance %d: get %s (%v) = %s %v %v in %v", w.instance(c), user, timeout, tok.Token, res, err, took.Round(time.Millisecond))
+	if healthy && took > w.opts.LeaseTTL+time.Second {
+		w.fail(t, "Get(%s) took %v with Redis and Polyv healthy (%v, %v)", user, took, res, err)
+	}
+	if err != nil {
+		return
+	}
+	if !w.clk.Now().Before(tok.IssuedAt.Add(w.opts.TTL)) {
+		w.fail(t, "Get(%s) served %s past its TTL (%v)", user, tok.Token, res)
+	}
+	if bound, ok := w.deletedBy[tok.Token]; ok && time.Now().After(bound) {
+		w.fail(t, "Get(%s) served %s, deleted %v ago (%v)", user, tok.Token, time.Since(bound.Add(-2*time.Second)), res)
+	}
+	if w.served[user] == nil {
+		w.served[user] = map[string]bool{}
+	}
+	w.served[user][tok.Token] = true
+}
+
+func (w *faultWorld) instance(c *Cache) int {
+	for i, f := range w.fleet {
+		if f == c {
+			return i
+		}
+	}
+	return -1
+}
+
+func (w *faultWorld) check(t *rapid.T) {
+	for _, u := range w.users {
+		if got, max := w.up.issuedFor(u), w.allowed[u]; got > max {
+			w.fail(t, "Polyv issued %d tokens for %s, at most %d allowed", got, u, max)
+		}
+	}
+	// go-redis answers with its last dial error until its own redial, once a
+	// second, succeeds: a probe in that second opens the circuit once more.
+	if w.redisUp && time.Since(w.redisUpSince) > w.opts.BreakerOpenFor+goRedisRedial+500*time.Millisecond {
+		for i, c := range w.fleet {
+			if c.RedisCircuit() == "open" {
+				w.fail(t, "instance %d: circuit open %v after Redis came back", i, time.Since(w.redisUpSince))
+			}
+		}
+	}
+}
+
+// goRedisRedial is how often go-redis's pool dials again after it has seen
+// as many dial errors as it has connections.
+const goRedisRedial = time.Second
+
+// faultBudget sets rapid's budget unless the command line or the
+// environment did: a few checks in make test, more under make drills.
+func faultBudget(t *testing.T) {
+	set := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	checks, steps := "4", "50"
+	if os.Getenv("DRILLS_LONG") != "" {
+		checks = "40"
+	}
+	if !set["rapid.checks"] && os.Getenv("RAPID_CHECKS") == "" {
+		_ = flag.Set("rapid.checks", checks)
+	}
+	if !set["rapid.steps"] && os.Getenv("RAPID_STEPS") == "" {
+		_ = flag.Set("rapid.steps", steps)
+	}
+}
+
+// TestRandomFaults drives three instances on one real redis-server with
+// random steps, faults among them, and checks the cache's promises after
+// every step. A failure prints the steps and a seed to replay them with.
+func TestRandomFaults(t *testing.T) {
+	faultBudget(t)
+	outer := t
+	srv := redistest.Start(t)
+	rapid.Check(t, func(rt *rapid.T) {
+		if srv.Killed() {
+			srv.Restart(t)
+		}
+		admin := srv.Client(t)
+		if err := admin.FlushAll(context.Background()).Err(); err != nil {
+			rt.Fatal(err)
+		}
+		w := &faultWorld{
+			srv: srv, admin: admin, clk: newClock(), up: &faultUpstream{issued: map[string]int{}},
+			users: []string{"u0", "u1", "u2"}, redisUp: true, redisUpSince: time.Now(),
+			served: map[string]map[string]bool{}, deletedBy: map[string]time.Time{}, allowed: map[string]int{},
+		}
+		w.opts = testOptions(func(o *Options) {
+			o.Now = w.clk.Now
+			o.LeaseTTL = time.Second
+			o.RefreshBackoff = 300 * time.Millisecond
+			o.FillTimeout = 3 * time.Second
+		})
+		w.allowAll(1)
+		for range 3 {
+			c, err := New(ownClient(t, admin), w.up, w.opts)
+			if err != nil {
+				rt.Fatal(err)
+			}
+			defer c.Close()
+			w.fleet = append(w.fleet, c)
+		}
+		w.opts = w.fleet[0].opts // with the defaults filled in
+		instance := rapid.IntRange(0, 2)
+		user := rapid.SampledFrom(w.users)
+
+		actions := map[string]func(*rapid.T){
+			"get": func(t *rapid.T) {
+				w.get(t, w.fleet[instance.Draw(t, "instance")], user.Draw(t, "user"), 3*time.Second)
+			},
+			"get with a short deadline": func(t *rapid.T) {
+				ms := rapid.IntRange(0, 30).Draw(t, "ms")
+				w.get(t, w.fleet[instance.Draw(t, "instance")], user.Draw(t, "user"), time.Duration(ms)*time.Millisecond)
+			},
+			"burst": func(t *rapid.T) {
+				u := user.Draw(t, "user")
+				var mu sync.Mutex
+				hammer(12, func(i int) {
+					ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+					defer cancel()
+					tok, _, err := w.fleet[i%3].Get(ctx, w.key(u))
+					if err == nil {
+						mu.Lock()
+						if w.served[u] == nil {
+							w.served[u] = map[string]bool{}
+						}
+						w.served[u][tok.Token] = true
+						mu.Unlock()
+					}
+				})
+				w.get(t, w.fleet[0], u, 3*time.Second) // checks what the burst left
+			},
+			"delete": func(t *rapid.T) {
+				u := user.Draw(t, "user")
+				w.allowed[u]++ // the deleting instance fetches again even if Redis fails
+				i := instance.Draw(t, "instance")
+				err := w.fleet[i].Delete(context.Background(), w.key(u))
+				w.record("  instance %d: delete %s: %v", i, u, err)
+				if err != nil {
+					return
+				}
+				bound := time.Now().Add(2 * time.Second)
+				if !w.redisUp {
+					bound = time.Now().Add(24 * time.Hour)
+				}
+				for tok := range w.served[u] {
+					w.deletedBy[tok] = bound
+				}
+			},
+			"past refresh-after": func(t *rapid.T) {
+				w.clk.Add(w.opts.RefreshAfter + time.Minute)
+				w.allowAll(1)
+				if !w.redisUp {
+					w.allowAll(len(w.fleet))
+				}
+			},
+			"past TTL": func(t *rapid.T) {
+				w.clk.Add(w.opts.TTL + time.Minute)
+				w.allowAll(1)
+				if !w.redisUp {
+					w.allowAll(len(w.fleet))
+				}
+			},
+			"Polyv fails":    func(t *rapid.T) { w.up.failing.Store(true) },
+			"Polyv recovers": func(t *rapid.T) { w.up.failing.Store(false) },
+			"kill pub/sub connections": func(t *rapid.T) {
+				if !w.redisUp {
+					t.Skip("Redis is down")
+				}
+				_ = w.admin.Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err()
+			},
+			"kill Redis": func(t *rapid.T) {
+				if !w.redisUp {
+					t.Skip("Redis is down")
+				}
+				srv.Kill()
+				w.redisUp = false
+				w.allowAll(len(w.fleet)) // each instance fetches on its own
+				// A delete's message may die with Redis: the bound starts again
+				// when Redis is back.
+				for tok, bound := range w.deletedBy {
+					if bound.After(time.Now()) {
+						w.deletedBy[tok] = time.Now().Add(24 * time.Hour)
+					}
+				}
+			},
+			"restart Redis": func(t *rapid.T) {
+				if w.redisUp {
+					t.Skip("Redis is up")
+				}
+				srv.Restart(outer)
+				w.redisUp, w.redisUpSince = true, time.Now()
+				w.allowAll(len(w.fleet) + 1) // empty Redis; circuits still open a moment
+				for tok, bound := range w.deletedBy {
+					if bound.After(time.Now()) {
+						w.deletedBy[tok] = time.Now().Add(2 * time.Second)
+					}
+				}
+			},
+			"sleep": func(t *rapid.T) {
+				time.Sleep(time.Duration(rapid.IntRange(10, 300).Draw(t, "ms")) * time.Millisecond)
+			},
+		}
+		for name, act := range actions {
+			actions[name] = func(t *rapid.T) { w.record("%s", name); act(t) }
+		}
+		actions[""] = w.check
+		rt.Repeat(actions)
+	})
+}
