@@ -44,8 +44,9 @@ bench-http: ## side-by-side HTTP benchmark: echo ceiling, hit (local), hit (Redi
 	bash scripts/bench-http.sh
 
 .PHONY: drills
-drills: ## fault drills, long form, against real processes; writes docs/drills.md
+drills: ## fault drills, long form, against real processes (writes docs/drills.md); the randomized fault test, 40 checks
 	DRILLS_LONG=1 DRILLS_REPORT=$(CURDIR)/docs/drills.md $(GO) test -count=1 -timeout 30m -v ./drills
+	DRILLS_LONG=1 $(GO) test -count=1 -timeout 30m -run TestRandomFaults -v ./cache
 
 .PHONY: clean
 clean: ## remove build output

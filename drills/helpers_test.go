@@ -179,9 +179,16 @@ type stack struct {
 
 func newStack(t *testing.T, n int, simArgs ...string) *stack {
 	t.Helper()
-	s := &stack{redis: redistest.Start(t), sim: startSim(t, simArgs...)}
+	return newStackWith(t, n, nil, nil, simArgs...)
+}
+
+// newStackWith is newStack with redis-server arguments and instance
+// environment.
+func newStackWith(t *testing.T, n int, redisArgs, env []string, simArgs ...string) *stack {
+	t.Helper()
+	s := &stack{redis: redistest.Start(t, redisArgs...), sim: startSim(t, simArgs...)}
 	for range n {
-		s.nodes = append(s.nodes, startTokencache(t, s.redis.Addr, s.sim.URL))
+		s.nodes = append(s.nodes, startTokencache(t, s.redis.Addr, s.sim.URL, env...))
 	}
 	return s
 }

@@ -1,0 +1,136 @@
+package drills
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+func init() {
+	drillNotes["TestDrillPubSubKilled"] = "Under load, the instances' pub/sub connections are killed (`CLIENT KILL TYPE pubsub`) right before each of 10 deletes. An instance drops its local cache whenever it subscribes again. Bound: 2 s after a DELETE returns 204, no instance serves the deleted token."
+	drillNotes["TestDrillRedisStalled"] = "Redis stalls for 2 s (`DEBUG SLEEP 2`) three times under load. Redis commands end by their 300 ms timeout or the caller's deadline; warm keys are served from the local cache and new keys are fetched by the instance alone. Bound: every request answered 200."
+	drillNotes["TestDrillRefreshWave"] = "TTL 4 s and refresh-after 1 s, so every token is refreshed or expires during the run; Polyv fails every call for 3 s in the middle. Stale tokens are served while refreshes fail, misses get 502, and once Polyv recovers every key is fetched again at once: a failed refresh never blocks its key."
+}
+
+// tokenCall sends one chat-token request for user to node and returns the
+// token ("" for no token).
+func tokenCall(method, node, user string) (string, error) {
+	req, _ := http.NewRequest(method, node+"/v1/channels/100/chat-token?role=viewer&userId="+user, nil)
+	req.Header.Set("Authorization", "Bearer "+apiKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var body struct{ Token string }
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	if method == http.MethodDelete && resp.StatusCode != http.StatusNoContent {
+		return "", fmt.Errorf("DELETE: %s", resp.Status)
+	}
+	return body.Token, nil
+}
+
+// deleteRounds deletes a token 10 times, each time right after killing the
+// pub/sub connections, and returns the longest time the other instance went
+// on serving it.
+func deleteRounds(s *stack, admin interface {
+	Do(ctx context.Context, args ...any) *redis.Cmd
+}) (time.Duration, error) {
+	var slowest time.Duration
+	for i := range 10 {
+		user := fmt.Sprint("deleted-", i)
+		old, err := tokenCall(http.MethodGet, s.nodes[0].URL, user)
+		if err != nil {
+			return 0, err
+		}
+		for seen := ""; seen != old; time.Sleep(20 * time.Millisecond) {
+			if seen, err = tokenCall(http.MethodGet, s.nodes[1].URL, user); err != nil {
+				return 0, err
+			}
+		}
+		if err := admin.Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+			return 0, err
+		}
+		if _, err := tokenCall(http.MethodDelete, s.nodes[0].URL, user); err != nil {
+			return 0, err
+		}
+		deleted := time.Now()
+		for {
+			tok, err := tokenCall(http.MethodGet, s.nodes[1].URL, user)
+			if err != nil {
+				return 0, err
+			}
+			if tok != old {
+				break
+			}
+			if time.Since(deleted) > 2*time.Second {
+				return 0, fmt.Errorf("round %d: the other instance serves the deleted token 2 s after DELETE", i)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		slowest = max(slowest, time.Since(deleted))
+	}
+	return slowest, nil
+}
+
+func TestDrillPubSubKilled(t *testing.T) {
+	s := newStack(t, 2, "-latency", "10ms")
+	type outcome struct {
+		slowest time.Duration
+		err     error
+	}
+	rounds := make(chan outcome, 1)
+	admin := s.redis.Client(t)
+	go func() {
+		slowest, err := deleteRounds(s, admin)
+		rounds <- outcome{slowest, err}
+	}()
+	r := attack(t, s, s.targets(), "-rate", "200", "-duration", phase(4*time.Second, 10*time.Second).String(), "-miss-ratio", "0.1")
+	o := <-rounds
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	only200(t, "pub/sub killed before each of 10 deletes", r)
+	record(t, "pub/sub killed before each of 10 deletes", r, fmt.Sprintf("(deleted token gone everywhere within %v)", o.slowest.Round(time.Millisecond)))
+}
+
+func TestDrillRedisStalled(t *testing.T) {
+	s := newStackWith(t, 2, []string{"--enable-debug-command", "local"}, nil, "-latency", "10ms")
+	phaseAll200(t, s, "warm-up", s.targets(), "-duration", "1s")
+	admin := s.redis.Client(t)
+	d := phase(4*time.Second, 10*time.Second)
+	stalls := make(chan struct{})
+	go func() {
+		defer close(stalls)
+		for range 3 {
+			time.Sleep(d / 4)
+			_ = admin.Do(context.Background(), "DEBUG", "SLEEP", "2").Err()
+		}
+	}()
+	r := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String(), "-miss-ratio", "0.1", "-timeout", "5s")
+	<-stalls
+	only200(t, "Redis stalled", r)
+	record(t, "Redis stalls 2 s, three times", r, "")
+	phaseAll200(t, s, "after the stalls", s.targets(), "-duration", "1s", "-miss-ratio", "0.1")
+}
+
+func TestDrillRefreshWave(t *testing.T) {
+	s := newStackWith(t, 2, nil, []string{"TOKENCACHE_TTL=4s", "TOKENCACHE_REFRESH_AFTER=1s"}, "-latency", "10ms")
+	phaseAll200(t, s, "warm-up", s.targets(), "-duration", "2s")
+
+	s.sim.control(t, `{"errorRate":1}`)
+	failing := attack(t, s, s.targets(), "-rate", "200", "-duration", "3s", "-miss-ratio", "0.1")
+	allowOnly(t, "Polyv failing", failing, "502")
+	if failing.StatusCodes["200"] == 0 {
+		t.Errorf("statuses %v: no stale token served while Polyv failed", failing.StatusCodes)
+	}
+	record(t, "Polyv fails every call; refreshes fail", failing, "")
+
+	s.sim.control(t, `{"errorRate":0}`)
+	phaseAll200(t, s, "Polyv recovered: every key fetched again", s.targets(), "-duration", phase(3*time.Second, 10*time.Second).String(), "-miss-ratio", "0.1")
+}
