@@ -21,7 +21,6 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 	"golang.org/x/sync/singleflight"
-	"golang.org/x/time/rate"
 
 	"github.com/tokencache/tokencache/polyv"
 )
@@ -66,6 +65,9 @@ type Options struct {
 	// RateLimit is the fleet-wide Polyv calls per second; it defaults to 100.
 	// While Redis is down, each instance allows this many on its own.
 	RateLimit int
+	// BulkShare is the most of RateLimit that bulk items may use, so that
+	// single requests always find room; it defaults to 0.5.
+	BulkShare float64
 	// LeaseTTL is how long a fetch lease lives without renewal; the holder
 	// renews it while it works, so this bounds how long a dead holder blocks
 	// others. It defaults to 3s.
@@ -114,6 +116,9 @@ func (o *Options) setDefaults() {
 	if o.RateLimit <= 0 {
 		o.RateLimit = 100
 	}
+	if o.BulkShare <= 0 {
+		o.BulkShare = 0.5
+	}
 	if o.BreakerFailures == 0 {
 		o.BreakerFailures = 5
 	}
@@ -130,6 +135,9 @@ func (o Options) Validate() error {
 	var errs []error
 	if o.TTL >= polyv.TokenValidity {
 		errs = append(errs, fmt.Errorf("TTL %v must be under Polyv's token validity of %v", o.TTL, polyv.TokenValidity))
+	}
+	if o.BulkShare > 1 {
+		errs = append(errs, fmt.Errorf("BulkShare %v must be at most 1", o.BulkShare))
 	}
 	if o.RefreshAfter >= o.TTL {
 		errs = append(errs, fmt.Errorf("RefreshAfter %v must be under TTL %v", o.RefreshAfter, o.TTL))
@@ -151,11 +159,11 @@ type Cache struct {
 	group       singleflight.Group
 
 	fleetLimiter *redis_rate.Limiter
-	fleetLimit   redis_rate.Limit
-	rateKey      string
-	localLimiter *rate.Limiter
+	global       *slotQueue // every fetch
+	bulk         *slotQueue // bulk items: BulkShare of RateLimit
+	queues       sync.Map   // per-caller limits: name@rate -> *slotQueue
+	queued       sync.Map   // value key -> struct{}: fills waiting for a slot now
 	breaker      *gobreaker.CircuitBreaker[struct{}]
-	slots        slotQueue
 
 	events *events
 
@@ -184,11 +192,8 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 		opts:     opts,
 		metrics:  opts.Metrics,
 		id:       randomID(),
-		rateKey:  opts.Prefix + keyVersion + ":upstream",
-		fleetLimit: redis_rate.Limit{
-			Rate: opts.RateLimit, Period: time.Second, Burst: max(1, opts.RateLimit/10),
-		},
-		localLimiter: rate.NewLimiter(rate.Limit(opts.RateLimit), max(1, opts.RateLimit/10)),
+		global:   newSlotQueue(opts.Prefix+keyVersion+":upstream", opts.RateLimit),
+		bulk:     newSlotQueue(opts.Prefix+keyVersion+":upstream:bulk", max(1, int(float64(opts.RateLimit)*opts.BulkShare))),
 	}
 	if opts.LocalSize > 0 {
 		c.local, _ = lru.New[string, entry](opts.LocalSize) // errors only for size <= 0

@@ -1,0 +1,73 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Two callers' bulk prefetches running flat out leave room for a third
+// caller's single misses: bulk items get at most BulkShare of the limit.
+func TestBulkLeavesRoomForSingles(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	up := &fakeUpstream{}
+	const limit = 20
+	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.RateLimit = limit; o.FillTimeout = 30 * time.Second }))
+
+	bulkCtx, stopBulk := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, name := range []string{"a", "b"} {
+		ctx := WithCaller(bulkCtx, Caller{Name: name, Bulk: true})
+		for i := range 40 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, _, _ = c.Get(ctx, ChatKey("bulk", fmt.Sprint(name, i), "viewer", ""))
+			}()
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // the bulk queues fill up
+
+	// Each single may wait a few emission intervals (50ms), never behind
+	// the 80 queued bulk items (4s).
+	var failed int
+	single := WithCaller(context.Background(), Caller{Name: "c"})
+	for i := range 10 {
+		ctx, cancel := context.WithTimeout(single, 6*time.Second/limit)
+		if _, _, err := c.Get(ctx, ChatKey("single", fmt.Sprint(i), "viewer", "")); err != nil {
+			failed++
+		}
+		cancel()
+	}
+	stopBulk()
+	wg.Wait()
+	if failed > 0 {
+		t.Errorf("%d of 10 single misses failed within 6 emission intervals while bulk ran", failed)
+	}
+}
+
+// A caller's own rate caps the Polyv calls its requests cause.
+func TestCallerRateCapsItsFetches(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	up := &fakeUpstream{}
+	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.RateLimit = 1000 }))
+	ctx, cancel := context.WithTimeout(WithCaller(context.Background(), Caller{Name: "capped", Rate: 5}), time.Second)
+	defer cancel()
+	var served atomic.Int64
+	hammer(30, func(i int) {
+		if _, _, err := c.Get(ctx, ChatKey("c", fmt.Sprint(i), "viewer", "")); err == nil {
+			served.Add(1)
+		}
+	})
+	// 5/s with a burst of 2 allows about 7 in one second.
+	if got := up.calls.Load(); got > 8 || got < 3 {
+		t.Errorf("Polyv calls in 1s for a caller capped at 5/s = %d", got)
+	}
+	// Another caller is not held by that cap.
+	if _, _, err := c.Get(context.Background(), ChatKey("c", "free", "viewer", "")); err != nil {
+		t.Errorf("Get() for an uncapped caller = %v", err)
+	}
+}
