@@ -87,6 +87,10 @@ type Options struct {
 	// BreakerOpenFor is how long the open circuit skips Redis before it
 	// probes again; it defaults to 5s.
 	BreakerOpenFor time.Duration
+	// OnFetch, if set, is called after every Polyv call with the caller's
+	// ctx (see CallerFrom; a background refresh has no caller), the key, and
+	// the outcome: "ok" or the error's polyv.Kind. The audit trail uses it.
+	OnFetch func(ctx context.Context, k Key, outcome string)
 	// Now is the clock for token ages; it defaults to time.Now.
 	Now func() time.Time
 	// Metrics defaults to NewMetrics(); register its Collectors.

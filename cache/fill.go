@@ -207,6 +207,9 @@ func (c *Cache) callUpstream(ctx context.Context, k Key) (Token, error) {
 		outcome = polyv.Classify(r.err).String()
 	}
 	c.metrics.upstreamRequests.WithLabelValues(endpoint, outcome).Inc()
+	if c.opts.OnFetch != nil {
+		c.opts.OnFetch(ctx, k, outcome)
+	}
 	c.metrics.upstreamDuration.WithLabelValues(endpoint).Observe(time.Since(start).Seconds())
 	return r.tok, r.err
 }

@@ -246,7 +246,7 @@ func TestMetricsExposed(t *testing.T) {
 	do(e, "GET", chatPath+"?userId=u&role=viewer", "")
 	do(e, "GET", "/v1/channels/x/chat-token?userId=secret-user&role=viewer", "")
 	w := do(e, "GET", "/metrics", "")
-	if !strings.Contains(w.Body.String(), `tokencache_requests_total{route="/v1/channels/:channelId/chat-token",status="200"} 2`) {
+	if !strings.Contains(w.Body.String(), `tokencache_requests_total{key="env-2",route="/v1/channels/:channelId/chat-token",status="200"} 2`) {
 		t.Errorf("metrics lack the request count:\n%s", w.Body)
 	}
 	if strings.Contains(w.Body.String(), "secret-user") {

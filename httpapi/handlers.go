@@ -61,9 +61,14 @@ func (s *server) getChatToken(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(c.Request().Context(), s.opts.RequestTimeout)
+	if err := checkScope(c, req); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(callerContext(c, RouteGet, false), s.opts.RequestTimeout)
 	defer cancel()
-	tok, res, err := s.opts.Cache.Get(ctx, cache.ChatKey(req.ChannelID, req.UserID, req.Role, req.Origin))
+	k := cache.ChatKey(req.ChannelID, req.UserID, req.Role, req.Origin)
+	tok, res, err := s.opts.Cache.Get(ctx, k)
+	s.opts.Auditor.served(c, RouteGet, k, res, err)
 	c.Response().Header().Set("Cache-Status", cacheStatus(res))
 	if err != nil {
 		return err
@@ -75,6 +80,9 @@ func (s *server) getChatToken(c echo.Context) error {
 func (s *server) deleteChatToken(c echo.Context) error {
 	req, err := chatRequestFromQuery(c.Param("channelId"), c.QueryParams())
 	if err != nil {
+		return err
+	}
+	if err := checkScope(c, req); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(c.Request().Context(), s.opts.RequestTimeout)
@@ -102,10 +110,13 @@ func (s *server) getChannelToken(c echo.Context) error {
 	if err := validateChannelID(channelID); err != nil {
 		return err
 	}
+	if err := checkChannel(c, channelID); err != nil {
+		return err
+	}
 	h := c.Response().Header()
 	h.Set("Deprecation", deprecatedSince)
 	h.Set("Link", `</v1/channels/`+channelID+`/chat-token>; rel="successor-version"`)
-	ctx, cancel := context.WithTimeout(c.Request().Context(), s.opts.RequestTimeout)
+	ctx, cancel := context.WithTimeout(callerContext(c, RouteLegacy, false), s.opts.RequestTimeout)
 	defer cancel()
 	tok, res, err := s.opts.Cache.Get(ctx, cache.ChannelKey(channelID))
 	h.Set("Cache-Status", cacheStatus(res))
@@ -139,6 +150,9 @@ func (s *server) bulkChatTokens(c echo.Context) error {
 	if err := validateChannelID(channelID); err != nil {
 		return err
 	}
+	if err := checkChannel(c, channelID); err != nil {
+		return err
+	}
 	var body struct {
 		Requests *[]bulkItem `json:"requests"`
 	}
@@ -164,13 +178,17 @@ func (s *server) bulkChatTokens(c echo.Context) error {
 	reqs := make([]tokenRequest, len(items))
 	for i, it := range items {
 		reqs[i] = tokenRequest{ChannelID: channelID, UserID: it.UserID, Role: it.Role, Origin: it.Origin}
-		if err := validateChat(reqs[i]); err != nil {
+		err := validateChat(reqs[i])
+		if err == nil {
+			err = checkRole(c, it.Role)
+		}
+		if err != nil {
 			results[i] = bulkError{UserID: it.UserID, Role: it.Role, Origin: it.Origin, Error: toAPIError(err)}
 		}
 	}
 
 	// Bulk prefetch waits its turn at the rate limit, up to BulkTimeout.
-	ctx, cancel := context.WithTimeout(c.Request().Context(), s.opts.BulkTimeout)
+	ctx, cancel := context.WithTimeout(callerContext(c, RouteBulk, true), s.opts.BulkTimeout)
 	defer cancel()
 	sem := make(chan struct{}, s.opts.BulkConcurrency)
 	var wg sync.WaitGroup
@@ -182,7 +200,9 @@ func (s *server) bulkChatTokens(c echo.Context) error {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			tok, _, err := s.opts.Cache.Get(ctx, cache.ChatKey(r.ChannelID, r.UserID, r.Role, r.Origin))
+			k := cache.ChatKey(r.ChannelID, r.UserID, r.Role, r.Origin)
+			tok, res, err := s.opts.Cache.Get(ctx, k)
+			s.opts.Auditor.served(c, RouteBulk, k, res, err)
 			if err != nil {
 				results[i] = bulkError{UserID: r.UserID, Role: r.Role, Origin: r.Origin, Error: toAPIError(err)}
 				return
@@ -217,4 +237,12 @@ func (s *server) readyz(c echo.Context) error {
 		body["redis"] = "unreachable"
 	}
 	return c.JSON(http.StatusOK, body)
+}
+
+// checkScope refuses a chat-token request outside its key's channels or roles.
+func checkScope(c echo.Context, r tokenRequest) error {
+	if err := checkChannel(c, r.ChannelID); err != nil {
+		return err
+	}
+	return checkRole(c, r.Role)
 }

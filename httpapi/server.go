@@ -4,8 +4,7 @@ package httpapi
 
 import (
 	"context"
-	"crypto/subtle"
-	_ "embed"
+		_ "embed"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -38,9 +37,14 @@ var OpenAPISpec []byte
 // Options configures the API. Zero fields take the defaults noted.
 type Options struct {
 	Cache TokenCache // required
-	// APIKeys are the accepted bearer keys. With none, every /v1 request is
-	// refused, unless AuthDisabled.
+	// Keys are the accepted API keys and their scopes; Store a new set to
+	// reload them. With none, every /v1 request is refused, unless
+	// AuthDisabled.
+	Keys *Keys
+	// APIKeys are unrestricted keys, used when Keys is nil.
 	APIKeys []string
+	// Auditor writes the audit trail; nil writes none.
+	Auditor *Auditor
 	// AuthDisabled lets /v1 requests through without a key.
 	AuthDisabled bool
 	// EmbeddedRedis is reported by /readyz.
@@ -87,6 +91,9 @@ func New(opts Options) *echo.Echo {
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 1 << 20
 	}
+	if opts.Keys == nil {
+		opts.Keys = NewKeys(KeysFromList(opts.APIKeys))
+	}
 	s := &server{opts: opts, metrics: newRequestMetrics(opts.Registry)}
 
 	e := echo.New()
@@ -109,37 +116,11 @@ func New(opts Options) *echo.Echo {
 
 	// Routes, not a group, carry the auth: an echo group with middleware
 	// answers a wrong method with 404 instead of 405.
-	auth := s.auth()
-	e.GET("/v1/channels/:channelId/chat-token", s.getChatToken, auth)
-	e.DELETE("/v1/channels/:channelId/chat-token", s.deleteChatToken, auth)
-	e.POST("/v1/channels/:channelId/chat-tokens", s.bulkChatTokens, auth)
-	e.GET("/v1/channels/:channelId/token", s.getChannelToken, auth)
+	e.GET("/v1/channels/:channelId/chat-token", s.getChatToken, s.auth(RouteGet))
+	e.DELETE("/v1/channels/:channelId/chat-token", s.deleteChatToken, s.auth(RouteDelete))
+	e.POST("/v1/channels/:channelId/chat-tokens", s.bulkChatTokens, s.auth(RouteBulk))
+	e.GET("/v1/channels/:channelId/token", s.getChannelToken, s.auth(RouteLegacy))
 	return e
-}
-
-// auth checks the bearer key in constant time against every configured key.
-func (s *server) auth() echo.MiddlewareFunc {
-	if s.opts.AuthDisabled {
-		return func(next echo.HandlerFunc) echo.HandlerFunc { return next }
-	}
-	keys := make([][]byte, len(s.opts.APIKeys))
-	for i, k := range s.opts.APIKeys {
-		keys[i] = []byte(k)
-	}
-	unauthenticated := &apiError{Status: http.StatusUnauthorized, Code: codeUnauthenticated,
-		Message: "missing or invalid API key: send Authorization: Bearer <key>"}
-	return middleware.KeyAuthWithConfig(middleware.KeyAuthConfig{
-		Validator: func(key string, _ echo.Context) (bool, error) {
-			ok := 0
-			for _, k := range keys {
-				ok |= subtle.ConstantTimeCompare([]byte(key), k)
-			}
-			return ok == 1, nil
-		},
-		ErrorHandler: func(error, echo.Context) error {
-			return unauthenticated
-		},
-	})
 }
 
 // accessLog logs one line per request at info, without query strings: they

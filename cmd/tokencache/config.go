@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokencache/tokencache/httpapi"
 	"github.com/tokencache/tokencache/internal/redisconn"
 	"github.com/tokencache/tokencache/polyv"
 )
@@ -30,6 +31,8 @@ type Config struct {
 	RedisCluster   bool
 	APIKeys        []string
 	APIKeysFile    string
+	Keys           *httpapi.KeySet // from APIKeys and APIKeysFile
+	BulkShare      float64
 	Auth           string
 	TTL            time.Duration
 	RefreshAfter   time.Duration
@@ -70,8 +73,9 @@ func (c *Config) settings() []setting {
 		{"REDIS_URL", "", "redis:// or rediss:// URL; empty means an embedded in-memory Redis for one instance", (*stringValue)(&c.RedisURL)},
 		{"REDIS_CLUSTER", "false", "parse REDIS_URL as a cluster URL (more nodes as addr= params)", (*boolValue)(&c.RedisCluster)},
 		{"TOKENCACHE_API_KEYS", "", "comma-separated bearer API keys (or use TOKENCACHE_API_KEYS_FILE)", (*listValue)(&c.APIKeys)},
-		{"TOKENCACHE_API_KEYS_FILE", "", "file holding API keys, one per line or comma-separated", (*stringValue)(&c.APIKeysFile)},
+		{"TOKENCACHE_API_KEYS_FILE", "", "YAML file of named, scoped API keys; reloaded on SIGHUP and when it changes", (*stringValue)(&c.APIKeysFile)},
 		{"TOKENCACHE_AUTH", "", "set to none to turn API-key auth off on purpose", (*stringValue)(&c.Auth)},
+		{"TOKENCACHE_BULK_SHARE", "0.5", "the most of POLYV_RATE_LIMIT that bulk items may use, above 0 and at most 1", (*floatValue)(&c.BulkShare)},
 		{"TOKENCACHE_TTL", "5h45m", "how long a token is cached; must be under 6h", (*durationValue)(&c.TTL)},
 		{"TOKENCACHE_REFRESH_AFTER", "5h", "token age from which hits refresh it in the background", (*durationValue)(&c.RefreshAfter)},
 		{"TOKENCACHE_NEGATIVE_TTL", "30s", "how long a Polyv rejection is remembered", (*durationValue)(&c.NegativeTTL)},
@@ -126,12 +130,14 @@ func (c *Config) readFiles() []string {
 			c.AppSecret = polyv.Secret(strings.TrimSpace(string(b)))
 		}
 	}
+	c.Keys = httpapi.KeysFromList(c.APIKeys)
 	if c.APIKeysFile != "" {
-		b, err := os.ReadFile(c.APIKeysFile)
+		fileKeys, err := readKeysFile(c.APIKeysFile)
+		if err == nil {
+			c.Keys, err = c.Keys.Join(fileKeys)
+		}
 		if err != nil {
-			problems = append(problems, fmt.Sprintf("TOKENCACHE_API_KEYS_FILE: %v", err))
-		} else {
-			c.APIKeys = append(c.APIKeys, splitList(strings.ReplaceAll(string(b), "\n", ","))...)
+			problems = append(problems, prefixLines("TOKENCACHE_API_KEYS_FILE: ", err.Error())...)
 		}
 	}
 	return problems
@@ -146,9 +152,15 @@ func (c *Config) validate() []string {
 		if strings.TrimSpace(c.AppSecret.Reveal()) == "" {
 			p = append(p, "POLYV_APP_SECRET or POLYV_APP_SECRET_FILE is required (or run with -demo)")
 		}
-		if len(c.APIKeys) == 0 && c.Auth != "none" {
+		if c.Keys.Len() == 0 && c.APIKeysFile == "" && c.Auth != "none" {
 			p = append(p, "TOKENCACHE_API_KEYS or TOKENCACHE_API_KEYS_FILE is required; set TOKENCACHE_AUTH=none to turn auth off on purpose")
 		}
+	}
+	if c.Auth == "none" && (len(c.APIKeys) > 0 || c.APIKeysFile != "") {
+		p = append(p, "TOKENCACHE_AUTH=none turns auth off, yet API keys are configured: drop one or the other")
+	}
+	if c.BulkShare <= 0 || c.BulkShare > 1 {
+		p = append(p, fmt.Sprintf("TOKENCACHE_BULK_SHARE=%v: must be above 0 and at most 1", c.BulkShare))
 	}
 	if c.Auth != "" && c.Auth != "none" {
 		p = append(p, fmt.Sprintf("TOKENCACHE_AUTH=%q: the only value is none", c.Auth))
@@ -205,7 +217,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("polyvBaseUrl", c.BaseURL), slog.String("polyvTimeout", c.PolyvTimeout.String()),
 		slog.Int("polyvRateLimit", c.RateLimit), slog.String("polyvSignMethod", c.SignMethod),
 		slog.String("redis", redisconn.RedactURL(c.RedisURL)), slog.Bool("redisCluster", c.RedisCluster),
-		slog.Int("apiKeys", len(c.APIKeys)), slog.String("auth", c.Auth),
+		slog.Int("apiKeys", c.Keys.Len()), slog.String("apiKeysFile", c.APIKeysFile), slog.String("auth", c.Auth),
+		slog.Float64("bulkShare", c.BulkShare),
 		slog.String("ttl", c.TTL.String()), slog.String("refreshAfter", c.RefreshAfter.String()), slog.String("negativeTtl", c.NegativeTTL.String()),
 		slog.Int("localSize", c.LocalSize), slog.String("keyPrefix", c.KeyPrefix), slog.Bool("demo", c.Demo),
 	)
@@ -213,6 +226,24 @@ func (c Config) LogValue() slog.Value {
 
 // Format prints the config as LogValue does, whatever the verb.
 func (c Config) Format(f fmt.State, _ rune) { fmt.Fprint(f, c.LogValue().String()) }
+
+// readKeysFile reads and parses an API keys file.
+func readKeysFile(path string) (*httpapi.KeySet, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return httpapi.ParseKeysFile(b)
+}
+
+// prefixLines puts prefix before each line of text.
+func prefixLines(prefix, text string) []string {
+	lines := strings.Split(text, "\n")
+	for i := range lines {
+		lines[i] = prefix + lines[i]
+	}
+	return lines
+}
 
 func parseLevel(s string) (slog.Level, error) {
 	var l slog.Level
@@ -238,6 +269,7 @@ type (
 	intValue      int
 	boolValue     bool
 	listValue     []string
+	floatValue    float64
 )
 
 func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
@@ -297,3 +329,17 @@ func (v *listValue) Set(s string) error {
 	return nil
 }
 func (v *listValue) String() string { return "" }
+func (v *floatValue) Set(s string) error {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return errors.New("not a number")
+	}
+	*v = floatValue(f)
+	return nil
+}
+func (v *floatValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return strconv.FormatFloat(float64(*v), 'g', -1, 64)
+}

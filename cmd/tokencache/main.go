@@ -4,8 +4,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -103,18 +107,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if localSize == 0 {
 		localSize = -1 // off
 	}
+	auditor := httpapi.NewAuditor(log, auditKey(cfg.AppSecret))
 	tc, err := cache.New(rdb, client, cache.Options{
 		Prefix: cfg.KeyPrefix, TTL: cfg.TTL, RefreshAfter: cfg.RefreshAfter, NegativeTTL: cfg.NegativeTTL,
-		LocalSize: localSize, RateLimit: cfg.RateLimit, Metrics: metrics,
-		FillTimeout: 3*cfg.PolyvTimeout + time.Second,
+		LocalSize: localSize, RateLimit: cfg.RateLimit, BulkShare: cfg.BulkShare, Metrics: metrics,
+		FillTimeout: 3*cfg.PolyvTimeout + time.Second, OnFetch: auditor.Fetch,
 	})
 	if err != nil {
 		return err
 	}
 	cleanup = append(cleanup, func() { _ = tc.Close() })
 
+	keys := httpapi.NewKeys(cfg.Keys)
+	if cfg.APIKeysFile != "" {
+		reloadCtx, stopReload := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); reloadKeys(reloadCtx, cfg, keys, log) }()
+		cleanup = append(cleanup, func() { stopReload(); <-done })
+	}
 	e := httpapi.New(httpapi.Options{
-		Cache: tc, APIKeys: cfg.APIKeys, AuthDisabled: cfg.Auth == "none", EmbeddedRedis: embedded != nil,
+		Cache: tc, Keys: keys, Auditor: auditor, AuthDisabled: cfg.Auth == "none", EmbeddedRedis: embedded != nil,
 		Logger: log, Registry: reg, BulkTimeout: bulkTimeout,
 	})
 
@@ -137,7 +149,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log.Info("ready", "url", url, "config", cfg)
 	if cfg.Demo {
 		fmt.Fprintf(stdout, "tokencache demo is up (Polyv simulator and embedded Redis). Try:\n\n")
-		fmt.Fprintf(stdout, "curl -sS -H 'Authorization: Bearer %s' '%s/v1/channels/2094979/chat-token?userId=1b448be323&role=viewer&origin=web'\n\n", cfg.APIKeys[0], url)
+		key := "<one of your API keys>"
+		if len(cfg.APIKeys) > 0 {
+			key = cfg.APIKeys[0]
+		}
+		fmt.Fprintf(stdout, "curl -sS -H 'Authorization: Bearer %s' '%s/v1/channels/2094979/chat-token?userId=1b448be323&role=viewer&origin=web'\n\n", key, url)
 	}
 
 	select {
@@ -191,8 +207,9 @@ func startDemo(cfg *Config) (stop func(), err error) {
 	if cfg.AppSecret == "" {
 		cfg.AppSecret = polyv.Secret(randomHex(16))
 	}
-	if len(cfg.APIKeys) == 0 && cfg.Auth != "none" {
+	if cfg.Keys.Len() == 0 && cfg.Auth != "none" {
 		cfg.APIKeys = []string{"demo-" + randomHex(12)}
+		cfg.Keys = httpapi.KeysFromList(cfg.APIKeys)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -202,6 +219,58 @@ func startDemo(cfg *Config) (stop func(), err error) {
 	go func() { _ = sim.Serve(ln) }()
 	cfg.BaseURL = "http://" + ln.Addr().String()
 	return func() { _ = sim.Close() }, nil
+}
+
+// keysCheckEvery is how often the keys file is checked for a change, so that
+// a mounted Kubernetes Secret, which changes without a signal, is picked up.
+const keysCheckEvery = 3 * time.Second
+
+// reloadKeys reloads the API keys file on SIGHUP and whenever its content
+// changes, until ctx ends. A broken file keeps the keys in force and logs one
+// error.
+func reloadKeys(ctx context.Context, cfg Config, keys *httpapi.Keys, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	last, _ := os.ReadFile(cfg.APIKeysFile)
+	tick := time.NewTicker(keysCheckEvery)
+	defer tick.Stop()
+	for {
+		signalled := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			signalled = true
+		case <-tick.C:
+		}
+		b, err := os.ReadFile(cfg.APIKeysFile)
+		if err == nil && !signalled && bytes.Equal(b, last) {
+			continue
+		}
+		var next *httpapi.KeySet
+		if err == nil {
+			last = b
+			next, err = httpapi.ParseKeysFile(b)
+		}
+		if err == nil {
+			next, err = httpapi.KeysFromList(cfg.APIKeys).Join(next)
+		}
+		if err != nil {
+			log.Error("API keys file not reloaded; the keys in force stay", "file", cfg.APIKeysFile, "error", strings.ReplaceAll(err.Error(), "\n", "; "))
+			continue
+		}
+		keys.Store(next)
+		log.Info("API keys reloaded", "file", cfg.APIKeysFile, "keys", next.Len())
+	}
+}
+
+// auditKey derives the key that hashes userIds in the audit trail from the
+// Polyv secret: the same across the fleet, and secret.
+func auditKey(secret polyv.Secret) []byte {
+	m := hmac.New(sha256.New, []byte(secret.Reveal()))
+	m.Write([]byte("tokencache audit user hash v1"))
+	return m.Sum(nil)
 }
 
 // dialable turns a listen address into one a client can dial.

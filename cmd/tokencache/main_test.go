@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -198,7 +199,7 @@ func TestConfigFlagsOverrideEnvAndFilesWork(t *testing.T) {
 	dir := t.TempDir()
 	secretFile, keysFile := dir+"/secret", dir+"/keys"
 	os.WriteFile(secretFile, []byte("file-secret\n"), 0o600)
-	os.WriteFile(keysFile, []byte("a\nb, c\n"), 0o600)
+	os.WriteFile(keysFile, []byte("keys:\n  - {name: file-key, key: c}\n"), 0o600)
 	cfg, err := loadConfig([]string{"-ttl", "2h", "-refresh-after", "1h", "-polyv-app-id", "flag-app", "-redis-cluster"},
 		envFunc(map[string]string{"TOKENCACHE_TTL": "5h", "POLYV_APP_ID": "env-app", "POLYV_APP_SECRET_FILE": secretFile,
 			"TOKENCACHE_API_KEYS_FILE": keysFile, "REDIS_URL": "redis://127.0.0.1:1"}), io.Discard)
@@ -206,7 +207,7 @@ func TestConfigFlagsOverrideEnvAndFilesWork(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.TTL != 2*time.Hour || cfg.AppID != "flag-app" || cfg.AppSecret.Reveal() != "file-secret" ||
-		strings.Join(cfg.APIKeys, ",") != "a,b,c" || !cfg.RedisCluster {
+		strings.Join(cfg.Keys.Names(), ",") != "file-key" || !cfg.RedisCluster || cfg.BulkShare != 0.5 {
 		t.Errorf("config = %+v", cfg)
 	}
 }
@@ -321,5 +322,102 @@ func TestRedisDeployments(t *testing.T) {
 				t.Errorf("readyz redis = %q", ready.Redis)
 			}
 		})
+	}
+}
+
+func TestAccessConfigProblems(t *testing.T) {
+	dir := t.TempDir()
+	broken := dir + "/broken.yaml"
+	os.WriteFile(broken, []byte("# a comment\nkeys:\n  - {name: a, key: k, roles: [superuser]}\n  - {name: a, key: k2}\n"), 0o600)
+	base := map[string]string{"POLYV_APP_ID": "a", "POLYV_APP_SECRET": "s"}
+	for _, tt := range []struct {
+		env  map[string]string
+		want []string
+	}{
+		{map[string]string{"TOKENCACHE_AUTH": "none", "TOKENCACHE_API_KEYS": "k"}, []string{"TOKENCACHE_AUTH=none turns auth off, yet API keys are configured"}},
+		{map[string]string{"TOKENCACHE_API_KEYS_FILE": broken}, []string{
+			`TOKENCACHE_API_KEYS_FILE: key 1 ("a"): roles: "superuser" is not valid`,
+			`TOKENCACHE_API_KEYS_FILE: key "a": the name is used twice`}},
+		{map[string]string{"TOKENCACHE_API_KEYS": "k", "TOKENCACHE_BULK_SHARE": "1.5"}, []string{"TOKENCACHE_BULK_SHARE=1.5: must be above 0 and at most 1"}},
+	} {
+		env := maps.Clone(base)
+		maps.Copy(env, tt.env)
+		_, err := loadConfig(nil, envFunc(env), io.Discard)
+		for _, want := range tt.want {
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("loadConfig(%v) = %v, want a line %q", tt.env, err, want)
+			}
+		}
+	}
+}
+
+// Changing the keys file under a running server swaps the keys: the old one
+// stops working, the new one works, and a key in both never fails.
+func TestKeysFileReload(t *testing.T) {
+	keysFile := t.TempDir() + "/keys.yaml"
+	write := func(keys ...string) {
+		var b strings.Builder
+		b.WriteString("keys:\n")
+		for _, k := range keys {
+			fmt.Fprintf(&b, "  - {name: %s, key: %s-key}\n", k, k)
+		}
+		if err := os.WriteFile(keysFile, []byte(b.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("old", "both")
+	url, _, stderr, _ := startRun(t, []string{"-demo"}, map[string]string{"TOKENCACHE_ADDR": "127.0.0.1:0", "TOKENCACHE_API_KEYS_FILE": keysFile})
+	status := func(key string) int {
+		req, _ := http.NewRequest("GET", url+"/v1/channels/2094979/chat-token?userId=u&role=viewer", nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if status("old-key") != 200 || status("new-key") != 401 {
+		t.Fatal("before the change: old-key should work and new-key not")
+	}
+	stopBoth := make(chan struct{})
+	bothFailed := make(chan int, 1)
+	go func() {
+		failed := 0
+		for {
+			select {
+			case <-stopBoth:
+				bothFailed <- failed
+				return
+			default:
+			}
+			if status("both-key") != 200 {
+				failed++
+			}
+		}
+	}()
+	write("new", "both")
+	deadline := time.Now().Add(10 * time.Second)
+	for status("new-key") != 200 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the new key never worked:\n%s", stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if status("old-key") != 401 {
+		t.Error("the old key still works after the reload")
+	}
+	// A broken file keeps the keys in force and logs one error.
+	os.WriteFile(keysFile, []byte("keys: [oops"), 0o600)
+	time.Sleep(2 * keysCheckEvery)
+	if status("new-key") != 200 {
+		t.Error("a broken file dropped the keys in force")
+	}
+	close(stopBoth)
+	if n := <-bothFailed; n != 0 {
+		t.Errorf("%d requests with the kept key failed during the reload", n)
+	}
+	if n := strings.Count(stderr.String(), "API keys file not reloaded"); n != 1 {
+		t.Errorf("%d reload errors logged for one broken file, want 1", n)
 	}
 }

@@ -1,0 +1,243 @@
+package httpapi
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"slices"
+	"strings"
+	"sync/atomic"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/tokencache/tokencache/polyv"
+)
+
+// The routes a key's scope can name.
+const (
+	RouteGet    = "get"    // GET a chat token
+	RouteBulk   = "bulk"   // POST bulk chat tokens
+	RouteDelete = "delete" // DELETE a chat token
+	RouteLegacy = "legacy" // GET the old channel token
+)
+
+var allRoutes = []string{RouteGet, RouteBulk, RouteDelete, RouteLegacy}
+
+// APIKey is one caller's key and what it may do. A nil list allows all.
+type APIKey struct {
+	Name     string
+	hash     [sha256.Size]byte
+	Channels []string // exact ids, or prefixes ending in *
+	Roles    []string
+	Routes   []string
+	Rate     int // Polyv fetches per second its requests may cause, fleet-wide; 0: no cap of its own
+}
+
+// allowsRoute, allowsChannel and allowsRole check one part of the scope.
+func (k *APIKey) allowsRoute(route string) bool {
+	return k.Routes == nil || slices.Contains(k.Routes, route)
+}
+func (k *APIKey) allowsRole(role string) bool {
+	return k.Roles == nil || slices.Contains(k.Roles, role)
+}
+
+func (k *APIKey) allowsChannel(channelID string) bool {
+	if k.Channels == nil {
+		return true
+	}
+	for _, c := range k.Channels {
+		if prefix, ok := strings.CutSuffix(c, "*"); ok && strings.HasPrefix(channelID, prefix) || c == channelID {
+			return true
+		}
+	}
+	return false
+}
+
+// KeySet is an immutable set of API keys.
+type KeySet struct{ keys []APIKey }
+
+// Len is the number of keys; a nil set has none.
+func (ks *KeySet) Len() int {
+	if ks == nil {
+		return 0
+	}
+	return len(ks.keys)
+}
+
+// Names lists the keys' names, for metrics and logs.
+func (ks *KeySet) Names() []string {
+	names := make([]string, len(ks.keys))
+	for i, k := range ks.keys {
+		names[i] = k.Name
+	}
+	return names
+}
+
+// lookup returns the key whose hash matches presented's. It hashes the
+// presented key once and compares it with every key in constant time, so a
+// wrong key costs the same as a right one.
+func (ks *KeySet) lookup(presented string) (*APIKey, bool) {
+	h := sha256.Sum256([]byte(presented))
+	found := -1
+	for i := range ks.keys {
+		eq := subtle.ConstantTimeCompare(h[:], ks.keys[i].hash[:])
+		found = subtle.ConstantTimeSelect(eq, i, found)
+	}
+	if found < 0 {
+		return nil, false
+	}
+	return &ks.keys[found], true
+}
+
+// KeysFromList returns unrestricted keys named env-1, env-2, ... as
+// TOKENCACHE_API_KEYS gives them.
+func KeysFromList(keys []string) *KeySet {
+	ks := &KeySet{}
+	for i, k := range keys {
+		ks.keys = append(ks.keys, APIKey{Name: fmt.Sprintf("env-%d", i+1), hash: sha256.Sum256([]byte(k))})
+	}
+	return ks
+}
+
+// Join returns the keys of both sets; it fails on a name or key in both.
+func (ks *KeySet) Join(other *KeySet) (*KeySet, error) {
+	out := &KeySet{keys: slices.Concat(ks.keys, other.keys)}
+	if problems := out.duplicates(); len(problems) > 0 {
+		return nil, errors.New(strings.Join(problems, "\n"))
+	}
+	return out, nil
+}
+
+func (ks *KeySet) duplicates() []string {
+	var problems []string
+	names := map[string]bool{}
+	hashes := map[[sha256.Size]byte]string{}
+	for _, k := range ks.keys {
+		if names[k.Name] {
+			problems = append(problems, fmt.Sprintf("key %q: the name is used twice", k.Name))
+		}
+		names[k.Name] = true
+		if other, ok := hashes[k.hash]; ok {
+			problems = append(problems, fmt.Sprintf("key %q: the same key as %q", k.Name, other))
+		}
+		hashes[k.hash] = k.Name
+	}
+	return problems
+}
+
+// keysFile is the YAML form of TOKENCACHE_API_KEYS_FILE.
+type keysFile struct {
+	Keys []struct {
+		Name     string    `yaml:"name"`
+		SHA256   string    `yaml:"sha256"`
+		Key      string    `yaml:"key"`
+		Channels *[]string `yaml:"channels"`
+		Roles    *[]string `yaml:"roles"`
+		Routes   *[]string `yaml:"routes"`
+		Rate     *int      `yaml:"rate"`
+	} `yaml:"keys"`
+}
+
+var (
+	keyNamePattern = regexp.MustCompile(`^[a-z0-9_-]{1,32}$`)
+	channelPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}\*?$|^\*$`)
+)
+
+// ParseKeysFile reads a keys file. The error names every problem, one per
+// line, and never quotes a key.
+func ParseKeysFile(data []byte) (*KeySet, error) {
+	var f keysFile
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("not a keys file: %v", err)
+	}
+	if len(f.Keys) == 0 {
+		return nil, errors.New("no keys: the file must hold keys: [{name, sha256}, ...]")
+	}
+	ks := &KeySet{}
+	var problems []string
+	for i, fk := range f.Keys {
+		k := APIKey{Name: fk.Name}
+		where := fmt.Sprintf("key %d (%q)", i+1, fk.Name)
+		bad := func(format string, args ...any) { problems = append(problems, where+": "+fmt.Sprintf(format, args...)) }
+		if !keyNamePattern.MatchString(fk.Name) {
+			bad("name must be 1-32 of a-z, 0-9, _ and -")
+		}
+		switch {
+		case fk.SHA256 != "" && fk.Key != "":
+			bad("give sha256 or key, not both")
+		case fk.SHA256 != "":
+			b, err := hex.DecodeString(fk.SHA256)
+			if err != nil || len(b) != sha256.Size {
+				bad("sha256 must be 64 hex digits, the SHA-256 of the key")
+			}
+			copy(k.hash[:], b)
+		case fk.Key != "":
+			k.hash = sha256.Sum256([]byte(fk.Key))
+		default:
+			bad("needs sha256 (recommended) or key")
+		}
+		var err error
+		if k.Channels, err = scopeList(fk.Channels, func(c string) bool { return channelPattern.MatchString(c) }); err != nil {
+			bad("channels: %v", err)
+		}
+		if k.Roles, err = scopeList(fk.Roles, func(r string) bool { return slices.Contains(polyv.Roles, r) }); err != nil {
+			bad("roles: %v (roles are %s)", err, strings.Join(polyv.Roles, ", "))
+		}
+		if k.Routes, err = scopeList(fk.Routes, func(r string) bool { return slices.Contains(allRoutes, r) }); err != nil {
+			bad("routes: %v (routes are %s)", err, strings.Join(allRoutes, ", "))
+		}
+		if fk.Rate != nil {
+			if *fk.Rate <= 0 {
+				bad("rate must be a positive number of Polyv fetches per second")
+			}
+			k.Rate = *fk.Rate
+		}
+		ks.keys = append(ks.keys, k)
+	}
+	problems = append(problems, ks.duplicates()...)
+	if len(problems) > 0 {
+		return nil, errors.New(strings.Join(problems, "\n"))
+	}
+	return ks, nil
+}
+
+// scopeList checks a scope list: absent means no restriction, present must
+// be non-empty and hold only valid entries.
+func scopeList(list *[]string, valid func(string) bool) ([]string, error) {
+	if list == nil {
+		return nil, nil
+	}
+	if len(*list) == 0 {
+		return nil, errors.New("an empty list allows nothing; leave the field out to allow all")
+	}
+	for _, v := range *list {
+		if !valid(v) {
+			return nil, fmt.Errorf("%q is not valid", v)
+		}
+	}
+	return *list, nil
+}
+
+// Keys holds the key set in force; Store swaps in a new one, as a reload
+// does, without stopping requests.
+type Keys struct{ p atomic.Pointer[KeySet] }
+
+// NewKeys returns Keys holding ks.
+func NewKeys(ks *KeySet) *Keys {
+	k := &Keys{}
+	k.p.Store(ks)
+	return k
+}
+
+// Store replaces the key set.
+func (k *Keys) Store(ks *KeySet) { k.p.Store(ks) }
+
+// Load returns the key set in force.
+func (k *Keys) Load() *KeySet { return k.p.Load() }
