@@ -4,7 +4,7 @@ package httpapi
 
 import (
 	"context"
-		_ "embed"
+	_ "embed"
 	"log/slog"
 	"net/http"
 	"strconv"
