@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -70,5 +71,32 @@ func TestCallerRateCapsItsFetches(t *testing.T) {
 	// Another caller is not held by that cap.
 	if _, _, err := c.Get(context.Background(), ChatKey("c", "free", "viewer", "")); err != nil {
 		t.Errorf("Get() for an uncapped caller = %v", err)
+	}
+}
+
+// OnFetch sees every Polyv call once, with the caller of the fetch.
+func TestOnFetchSeesEveryPolyvCall(t *testing.T) {
+	rdb, _ := backends()[0].open(t)
+	var mu sync.Mutex
+	var seen []string
+	up := &fakeUpstream{delay: 20 * time.Millisecond}
+	c := newCache(t, rdb, up, testOptions(func(o *Options) {
+		o.OnFetch = func(ctx context.Context, k Key, outcome string) {
+			mu.Lock()
+			seen = append(seen, CallerFrom(ctx).Name+" "+k.UserID+" "+outcome)
+			mu.Unlock()
+		}
+	}))
+	ctx := WithCaller(context.Background(), Caller{Name: "web"})
+	hammer(50, func(i int) { _, _, _ = c.Get(ctx, ChatKey("c", fmt.Sprint(i%2), "viewer", "")) })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 2 || int64(len(seen)) != up.calls.Load() {
+		t.Fatalf("OnFetch calls = %v for %d Polyv calls, want one each", seen, up.calls.Load())
+	}
+	for _, s := range seen {
+		if !strings.HasPrefix(s, "web ") || !strings.HasSuffix(s, " ok") {
+			t.Errorf("OnFetch saw %q, want the caller and the outcome", s)
+		}
 	}
 }
