@@ -91,6 +91,9 @@ type Options struct {
 	// ctx (see CallerFrom; a background refresh has no caller), the key, and
 	// the outcome: "ok" or the error's polyv.Kind. The audit trail uses it.
 	OnFetch func(ctx context.Context, k Key, outcome string)
+	// EncryptionKeys seal values at rest (AES-256-GCM) and hide identities in
+	// key names; the first seals, all open. Empty: values in clear.
+	EncryptionKeys []EncryptionKey
 	// Now is the clock for token ages; it defaults to time.Now.
 	Now func() time.Time
 	// Metrics defaults to NewMetrics(); register its Collectors.
@@ -157,6 +160,7 @@ type Cache struct {
 	metrics  *Metrics
 	id       string // tells this instance's pub/sub messages from others'
 
+	sealer      *sealer                   // nil when encryption is off
 	local       *lru.Cache[string, entry] // nil when off
 	localGens   generations
 	refreshGate *lru.Cache[string, refreshState]
@@ -198,6 +202,10 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 		id:       randomID(),
 		global:   newSlotQueue(opts.Prefix+keyVersion+":upstream", opts.RateLimit),
 		bulk:     newSlotQueue(opts.Prefix+keyVersion+":upstream:bulk", max(1, int(float64(opts.RateLimit)*opts.BulkShare))),
+	}
+	var err error
+	if c.sealer, err = newSealer(opts.EncryptionKeys); err != nil {
+		return nil, err
 	}
 	if opts.LocalSize > 0 {
 		c.local, _ = lru.New[string, entry](opts.LocalSize) // errors only for size <= 0
@@ -243,7 +251,7 @@ func (c *Cache) Get(ctx context.Context, k Key) (Token, Result, error) {
 }
 
 func (c *Cache) get(ctx context.Context, k Key) (Token, Result, error) {
-	keys := k.redisKeys(c.opts.Prefix)
+	keys := c.keysOf(k)
 	if e, ok := c.localGet(keys.value); ok {
 		return c.serve(k, keys, e, ResultHitLocal)
 	}
@@ -279,7 +287,7 @@ func (c *Cache) serve(k Key, keys redisKeys, e entry, hit Result) (Token, Result
 
 // Delete drops the token of k from Redis and from every instance's local cache.
 func (c *Cache) Delete(ctx context.Context, k Key) error {
-	keys := k.redisKeys(c.opts.Prefix)
+	keys := c.keysOf(k)
 	c.dropLocal(keys.value)
 	if err := c.rdb.Del(ctx, keys.value, keys.backoff()).Err(); err != nil {
 		return fmt.Errorf("cache: delete: %w", redisFailure(err))
@@ -315,7 +323,7 @@ func (c *Cache) redisGet(ctx context.Context, key string) (entry, bool, error) {
 	if err != nil {
 		return entry{}, false, err
 	}
-	e, ok := decodeEntry(b)
+	e, ok := c.decode(key, b)
 	if !ok || !c.opts.Now().Before(e.Until) {
 		return entry{}, false, nil
 	}

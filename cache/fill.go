@@ -244,7 +244,7 @@ func (c *Cache) upstreamCall(ctx context.Context, k Key) (Token, error) {
 // channelRejected returns the remembered rejection of k's channel, if any:
 // from the local cache, or from Redis.
 func (c *Cache) channelRejected(ctx context.Context, k Key) (entry, bool) {
-	key := k.channelRejection(c.opts.Prefix)
+	key := c.channelRejectionKey(k)
 	if e, ok := c.localGet(key); ok {
 		return e, true
 	}
@@ -267,9 +267,9 @@ func (c *Cache) rememberChannelRejection(ctx context.Context, k Key, err error, 
 	if !errors.As(err, &apiErr) || !apiErr.ChannelRejected() {
 		return
 	}
-	key := k.channelRejection(c.opts.Prefix)
+	key := c.channelRejectionKey(k)
 	c.localSetIf(key, e, c.localGen(key))
 	if fleet {
-		_ = c.rdb.Set(ctx, key, e.encode(), c.opts.NegativeTTL).Err()
+		_ = c.rdb.Set(ctx, key, c.encode(key, e), c.opts.NegativeTTL).Err()
 	}
 }

@@ -64,17 +64,28 @@ func (r redisKeys) lease() string { return r.sibling("l:") }
 // backoff is the key that holds the fleet back after failed refreshes.
 func (r redisKeys) backoff() string { return r.sibling("b:") }
 
-// channelRejection is the key of a Polyv rejection of k's whole channel.
-func (k Key) channelRejection(prefix string) string {
-	return ChannelKey(k.ChannelID).redisKeys(prefix).sibling("n:")
-}
-
 func (r redisKeys) sibling(kind string) string { return r.value[:r.base] + kind + r.value[r.base+2:] }
 
-func (k Key) redisKeys(prefix string) redisKeys {
-	id := k.identity()
+func (k Key) redisKeys(prefix string) redisKeys { return k.redisKeysOf(prefix, k.identity()) }
+
+// redisKeysOf names the keys of identity id, clear or hidden.
+func (k Key) redisKeysOf(prefix, id string) redisKeys {
 	base := prefix + keyVersion + ":{" + strconv.FormatUint(xxhash.Sum64String(id), 36) + "}:"
 	return redisKeys{value: base + "t:" + id, base: len(base)}
+}
+
+// keysOf returns k's Redis keys; with encryption on, the identity in them is
+// a keyed hash.
+func (c *Cache) keysOf(k Key) redisKeys {
+	if c.sealer == nil {
+		return k.redisKeys(c.opts.Prefix)
+	}
+	return k.redisKeysOf(c.opts.Prefix, c.sealer.identity(k.identity()))
+}
+
+// channelRejectionKey is the key of a Polyv rejection of k's whole channel.
+func (c *Cache) channelRejectionKey(k Key) string {
+	return c.keysOf(ChannelKey(k.ChannelID)).sibling("n:")
 }
 
 // parseIdentity inverts identity; it exists to prove that encoding is injective.

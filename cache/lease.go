@@ -83,7 +83,7 @@ func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (int,
 			return int(state), entry{}, nil
 		}
 		raw, _ := res[1].(string)
-		if e, ok := decodeEntry([]byte(raw)); ok && c.opts.Now().Before(e.Until) {
+		if e, ok := c.decode(keys.value, []byte(raw)); ok && c.opts.Now().Before(e.Until) {
 			return acquireFound, e, nil
 		}
 		if c.afterUntrustedRead != nil {
@@ -108,7 +108,7 @@ func (c *Cache) takeRefreshLease(ctx context.Context, keys redisKeys, owner stri
 		return false, entry{}, 0, nil
 	}
 	raw, _ := res[1].(string)
-	if e, ok := decodeEntry([]byte(raw)); ok && c.opts.Now().Before(e.Until) {
+	if e, ok := c.decode(keys.value, []byte(raw)); ok && c.opts.Now().Before(e.Until) {
 		stored = e
 	}
 	count, _ := res[2].(string)
@@ -125,7 +125,7 @@ func (c *Cache) store(ctx context.Context, keys redisKeys, owner string, e entry
 	if ttl < time.Millisecond {
 		return
 	}
-	_ = storeScript.Run(ctx, c.rdb, []string{keys.value, keys.lease(), keys.backoff()}, e.encode(), ttl.Milliseconds(), owner).Err()
+	_ = storeScript.Run(ctx, c.rdb, []string{keys.value, keys.lease(), keys.backoff()}, c.encode(keys.value, e), ttl.Milliseconds(), owner).Err()
 }
 
 func (c *Cache) releaseLease(ctx context.Context, keys redisKeys, owner string) {

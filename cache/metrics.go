@@ -30,6 +30,7 @@ type Metrics struct {
 	redisErrors      prometheus.Counter
 	redisCircuitOpen prometheus.Gauge
 	refreshes        *prometheus.CounterVec
+	unopenable       prometheus.Counter
 
 	// Children resolved once, so the hit path does no label lookup.
 	byResult map[Result]prometheus.Counter
@@ -61,6 +62,9 @@ func NewMetrics() *Metrics {
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokencache_refreshes_total", Help: "Background refreshes of stale tokens, by outcome.",
 		}, []string{"outcome"}),
+		unopenable: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokencache_undecryptable_values_total", Help: "Values in Redis no encryption key opened; each was fetched again.",
+		}),
 		byResult: map[Result]prometheus.Counter{},
 	}
 	for _, r := range allResults {
@@ -71,7 +75,7 @@ func NewMetrics() *Metrics {
 
 // Collectors returns every collector, for prometheus.Registerer.MustRegister.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.results, m.upstreamRequests, m.upstreamDuration, m.leaseWait, m.redisErrors, m.redisCircuitOpen, m.refreshes}
+	return []prometheus.Collector{m.results, m.upstreamRequests, m.upstreamDuration, m.leaseWait, m.redisErrors, m.redisCircuitOpen, m.refreshes, m.unopenable}
 }
 
 func (m *Metrics) result(r Result) { m.byResult[r].Inc() }

@@ -67,3 +67,26 @@ func decodeEntry(b []byte) (e entry, ok bool) {
 	}
 	return e, true
 }
+
+// encode is e as stored under redisKey: sealed when encryption is on.
+func (c *Cache) encode(redisKey string, e entry) []byte {
+	b := e.encode()
+	if c.sealer != nil {
+		b = c.sealer.seal(redisKey, b)
+	}
+	return b
+}
+
+// decode reverses encode. A value no key opens is counted and reported as
+// not found, so that it is fetched again and overwritten.
+func (c *Cache) decode(redisKey string, b []byte) (entry, bool) {
+	if c.sealer != nil {
+		plain, err := c.sealer.open(redisKey, b)
+		if err != nil {
+			c.metrics.unopenable.Inc()
+			return entry{}, false
+		}
+		b = plain
+	}
+	return decodeEntry(b)
+}

@@ -1,0 +1,137 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/polyv"
+)
+
+func encKey(id string, b byte) EncryptionKey { return EncryptionKey{ID: id, Key: bytes.Repeat([]byte{b}, 32)} }
+
+// dump returns every key and value in Redis, as one string.
+func dump(t *testing.T, rdb redis.UniversalClient) string {
+	t.Helper()
+	ctx := context.Background()
+	var b bytes.Buffer
+	for _, k := range rdb.Keys(ctx, "*").Val() {
+		b.WriteString(k + "=" + rdb.Get(ctx, k).Val() + "\n")
+	}
+	return b.String()
+}
+
+func TestNothingInClearWithEncryption(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	up := &fakeUpstream{}
+	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.EncryptionKeys = []EncryptionKey{encKey("k1", 1)} }))
+	ctx := context.Background()
+	tok, _, err := c.Get(ctx, viewerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.setErr(&polyv.APIError{Endpoint: polyv.EndpointChatToken, Code: 403, Message: "illegal channel id: 666"})
+	_, _, _ = c.Get(ctx, ChatKey("666", "rejected-user", "viewer", ""))
+
+	all := dump(t, rdb)
+	for _, clear := range []string{tok.Token, tok.MediaChannelKey, viewerKey.UserID, "rejected-user", "illegal channel"} {
+		if bytes.Contains([]byte(all), []byte(clear)) {
+			t.Errorf("Redis holds %q in clear:\n%s", clear, all)
+		}
+	}
+	// And the cache still serves what it sealed.
+	c.dropAllLocal()
+	if again, res, err := c.Get(ctx, viewerKey); err != nil || again.Token != tok.Token || res != ResultHitRedis {
+		t.Errorf("Get() of a sealed value = %q, %v, %v", again.Token, res, err)
+	}
+}
+
+func TestSealedValueOpensOnlyUnderItsKey(t *testing.T) {
+	rdb, _ := backends()[0].open(t)
+	up := &fakeUpstream{}
+	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.EncryptionKeys = []EncryptionKey{encKey("k1", 1)}; o.LocalSize = -1 }))
+	ctx := context.Background()
+	other := ChatKey("2094979", "another-user", "viewer", "web")
+	if _, _, err := c.Get(ctx, viewerKey); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Get(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	// Move viewerKey's value over other's: it must not open there.
+	moved := rdb.Get(ctx, c.keysOf(viewerKey).value).Val()
+	rdb.Set(ctx, c.keysOf(other).value, moved, 0)
+	tok, res, err := c.Get(ctx, other)
+	if err != nil || res != ResultMiss || tok.Token == "" {
+		t.Errorf("Get() over a moved value = %q, %v, %v; want a miss", tok.Token, res, err)
+	}
+	if got := testutil.ToFloat64(c.metrics.unopenable); got < 1 {
+		t.Errorf("undecryptable values = %v, want it counted", got)
+	}
+	if _, ok := c.decode(c.keysOf(other).value, []byte(rdb.Get(ctx, c.keysOf(other).value).Val())); !ok {
+		t.Error("the value was not overwritten")
+	}
+}
+
+// Rotation without downtime, across two instances on one Redis: add the new
+// key second, then make it first, then drop the old one; one instance at a
+// time, no request failing.
+func TestKeyRotationAcrossInstances(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	up := &fakeUpstream{}
+	k1, k2 := encKey("k1", 1), encKey("k2", 2)
+	instance := func(keys ...EncryptionKey) *Cache {
+		return newCache(t, ownClient(t, rdb), up, testOptions(func(o *Options) { o.EncryptionKeys = keys }))
+	}
+	ctx := context.Background()
+	get := func(step string, c *Cache) string {
+		t.Helper()
+		tok, _, err := c.Get(ctx, viewerKey)
+		if err != nil {
+			t.Fatalf("%s: Get() = %v", step, err)
+		}
+		return tok.Token
+	}
+	a, b := instance(k1), instance(k1)
+	first := get("start", a)
+	if get("start", b) != first {
+		t.Fatal("start: instances disagree")
+	}
+	for i, step := range []struct {
+		name string
+		keys []EncryptionKey
+	}{
+		{"new key added second", []EncryptionKey{k1, k2}},
+		{"new key first", []EncryptionKey{k2, k1}},
+		{"old key dropped", []EncryptionKey{k2}},
+	} {
+		a = instance(step.keys...) // restarted, one at a time
+		_ = get(step.name+", a restarted", a)
+		_ = get(step.name+", b not yet", b)
+		b = instance(step.keys...)
+		if x, y := get(step.name, a), get(step.name, b); x != y {
+			t.Errorf("step %d (%s): instances serve %q and %q", i, step.name, x, y)
+		}
+	}
+	// Making the new key first renames every key once, so each token is
+	// fetched once more; nothing else is fetched.
+	if got := up.calls.Load(); got != 2 {
+		t.Errorf("Polyv calls over the rotation = %d, want 2", got)
+	}
+}
+
+func TestEncryptionKeyProblems(t *testing.T) {
+	for _, keys := range [][]EncryptionKey{
+		{{ID: "k", Key: []byte("short")}},
+		{encKey("", 1)},
+		{encKey("a:b", 1)},
+		{encKey("k", 1), encKey("k", 2)},
+	} {
+		if _, err := New(nil, &fakeUpstream{}, Options{EncryptionKeys: keys}); err == nil {
+			t.Errorf("New() accepted keys %v", keys)
+		}
+	}
+}
