@@ -11,7 +11,9 @@ import (
 	"github.com/tokencache/tokencache/polyv"
 )
 
-func encKey(id string, b byte) EncryptionKey { return EncryptionKey{ID: id, Key: bytes.Repeat([]byte{b}, 32)} }
+func encKey(id string, b byte) EncryptionKey {
+	return EncryptionKey{ID: id, Key: bytes.Repeat([]byte{b}, 32)}
+}
 
 // dump returns every key and value in Redis, as one string.
 func dump(t *testing.T, rdb redis.UniversalClient) string {
