@@ -64,6 +64,9 @@ type Options struct {
 	BulkConcurrency int
 	// MaxBodyBytes bounds request bodies; it defaults to 1 MiB.
 	MaxBodyBytes int64
+	// AdminElsewhere leaves /healthz, /readyz and /metrics out of New's
+	// routes: NewAdmin serves them on their own listener.
+	AdminElsewhere bool
 }
 
 type server struct {
@@ -71,8 +74,8 @@ type server struct {
 	metrics *requestMetrics
 }
 
-// New returns the API as an echo instance, ready to Start or to serve.
-func New(opts Options) *echo.Echo {
+// withDefaults fills in Options' defaults.
+func withDefaults(opts Options) Options {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -94,11 +97,15 @@ func New(opts Options) *echo.Echo {
 	if opts.Keys == nil {
 		opts.Keys = NewKeys(KeysFromList(opts.APIKeys))
 	}
+	return opts
+}
+
+// New returns the API as an echo instance, ready to Start or to serve.
+func New(opts Options) *echo.Echo {
+	opts = withDefaults(opts)
 	s := &server{opts: opts, metrics: newRequestMetrics(opts.Registry)}
 
-	e := echo.New()
-	e.HideBanner, e.HidePort = true, true
-	e.HTTPErrorHandler = errorHandler(opts.Logger)
+	e := newEcho(opts)
 	e.Use(
 		middleware.RequestID(),
 		s.metrics.middleware,
@@ -108,10 +115,9 @@ func New(opts Options) *echo.Echo {
 		}}),
 		middleware.BodyLimit(formatBytes(opts.MaxBodyBytes)),
 	)
-
-	e.GET("/healthz", s.healthz)
-	e.GET("/readyz", s.readyz)
-	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{})))
+	if !opts.AdminElsewhere {
+		s.adminRoutes(e)
+	}
 	e.GET("/openapi.yaml", func(c echo.Context) error { return c.Blob(http.StatusOK, "application/yaml", OpenAPISpec) })
 
 	// Routes, not a group, carry the auth: an echo group with middleware
@@ -121,6 +127,30 @@ func New(opts Options) *echo.Echo {
 	e.POST("/v1/channels/:channelId/chat-tokens", s.bulkChatTokens, s.auth(RouteBulk))
 	e.GET("/v1/channels/:channelId/token", s.getChannelToken, s.auth(RouteLegacy))
 	return e
+}
+
+// NewAdmin returns an echo instance serving only /healthz, /readyz and
+// /metrics, for TOKENCACHE_ADMIN_ADDR; give it the Options given to New.
+func NewAdmin(opts Options) *echo.Echo {
+	opts = withDefaults(opts)
+	s := &server{opts: opts}
+	e := newEcho(opts)
+	e.Use(middleware.Recover())
+	s.adminRoutes(e)
+	return e
+}
+
+func newEcho(opts Options) *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = errorHandler(opts.Logger)
+	return e
+}
+
+func (s *server) adminRoutes(e *echo.Echo) {
+	e.GET("/healthz", s.healthz)
+	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{})))
 }
 
 // accessLog logs one line per request at info, without query strings: they

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokencache/tokencache/cache"
 	"github.com/tokencache/tokencache/httpapi"
 	"github.com/tokencache/tokencache/internal/redisconn"
 	"github.com/tokencache/tokencache/polyv"
@@ -33,6 +35,16 @@ type Config struct {
 	APIKeysFile    string
 	Keys           *httpapi.KeySet // from APIKeys and APIKeysFile
 	BulkShare      float64
+	EncKeysRaw     polyv.Secret
+	EncKeysFile    string
+	EncryptionKeys []cache.EncryptionKey // from EncKeysRaw or EncKeysFile
+	TLSCertFile    string
+	TLSKeyFile     string
+	TLSClientCA    string
+	AdminAddr      string
+	RedisTLSCA     string
+	RedisTLSCert   string
+	RedisTLSKey    string
 	Auth           string
 	TTL            time.Duration
 	RefreshAfter   time.Duration
@@ -76,6 +88,15 @@ func (c *Config) settings() []setting {
 		{"TOKENCACHE_API_KEYS_FILE", "", "YAML file of named, scoped API keys; reloaded on SIGHUP and when it changes", (*stringValue)(&c.APIKeysFile)},
 		{"TOKENCACHE_AUTH", "", "set to none to turn API-key auth off on purpose", (*stringValue)(&c.Auth)},
 		{"TOKENCACHE_BULK_SHARE", "0.5", "the most of POLYV_RATE_LIMIT that bulk items may use, above 0 and at most 1", (*floatValue)(&c.BulkShare)},
+		{"TOKENCACHE_ENCRYPTION_KEYS", "", "comma-separated id:base64 32-byte keys sealing tokens at rest; the first seals, all open", (*secretValue)(&c.EncKeysRaw)},
+		{"TOKENCACHE_ENCRYPTION_KEYS_FILE", "", "file holding TOKENCACHE_ENCRYPTION_KEYS", (*stringValue)(&c.EncKeysFile)},
+		{"TOKENCACHE_TLS_CERT_FILE", "", "certificate (PEM) to serve HTTPS on TOKENCACHE_ADDR; reloaded when it changes", (*stringValue)(&c.TLSCertFile)},
+		{"TOKENCACHE_TLS_KEY_FILE", "", "private key (PEM) of TOKENCACHE_TLS_CERT_FILE", (*stringValue)(&c.TLSKeyFile)},
+		{"TOKENCACHE_TLS_CLIENT_CA_FILE", "", "CA (PEM) whose client certificates are required (mTLS)", (*stringValue)(&c.TLSClientCA)},
+		{"TOKENCACHE_ADMIN_ADDR", "", "serve /healthz, /readyz and /metrics here only", (*stringValue)(&c.AdminAddr)},
+		{"REDIS_TLS_CA_FILE", "", "CA (PEM) that signed Redis's certificate, for rediss://", (*stringValue)(&c.RedisTLSCA)},
+		{"REDIS_TLS_CERT_FILE", "", "client certificate (PEM) for Redis", (*stringValue)(&c.RedisTLSCert)},
+		{"REDIS_TLS_KEY_FILE", "", "client private key (PEM) for Redis", (*stringValue)(&c.RedisTLSKey)},
 		{"TOKENCACHE_TTL", "5h45m", "how long a token is cached; must be under 6h", (*durationValue)(&c.TTL)},
 		{"TOKENCACHE_REFRESH_AFTER", "5h", "token age from which hits refresh it in the background", (*durationValue)(&c.RefreshAfter)},
 		{"TOKENCACHE_NEGATIVE_TTL", "30s", "how long a Polyv rejection is remembered", (*durationValue)(&c.NegativeTTL)},
@@ -130,6 +151,20 @@ func (c *Config) readFiles() []string {
 			c.AppSecret = polyv.Secret(strings.TrimSpace(string(b)))
 		}
 	}
+	if c.EncKeysFile != "" {
+		b, err := os.ReadFile(c.EncKeysFile)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("TOKENCACHE_ENCRYPTION_KEYS_FILE: %v", err))
+		} else {
+			c.EncKeysRaw = polyv.Secret(strings.TrimSpace(string(b)))
+		}
+	}
+	if c.EncKeysRaw.Reveal() != "" {
+		var err error
+		if c.EncryptionKeys, err = parseEncryptionKeys(c.EncKeysRaw.Reveal()); err != nil {
+			problems = append(problems, prefixLines("TOKENCACHE_ENCRYPTION_KEYS: ", err.Error())...)
+		}
+	}
 	c.Keys = httpapi.KeysFromList(c.APIKeys)
 	if c.APIKeysFile != "" {
 		fileKeys, err := readKeysFile(c.APIKeysFile)
@@ -158,6 +193,18 @@ func (c *Config) validate() []string {
 	}
 	if c.Auth == "none" && (len(c.APIKeys) > 0 || c.APIKeysFile != "") {
 		p = append(p, "TOKENCACHE_AUTH=none turns auth off, yet API keys are configured: drop one or the other")
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		p = append(p, "TOKENCACHE_TLS_CERT_FILE and TOKENCACHE_TLS_KEY_FILE go together")
+	}
+	if c.TLSClientCA != "" && c.TLSCertFile == "" {
+		p = append(p, "TOKENCACHE_TLS_CLIENT_CA_FILE needs TOKENCACHE_TLS_CERT_FILE and TOKENCACHE_TLS_KEY_FILE")
+	}
+	if (c.RedisTLSCert == "") != (c.RedisTLSKey == "") {
+		p = append(p, "REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together")
+	}
+	if (c.RedisTLSCA != "" || c.RedisTLSCert != "") && !strings.HasPrefix(c.RedisURL, "rediss://") {
+		p = append(p, "REDIS_TLS_* need a rediss:// REDIS_URL")
 	}
 	if c.BulkShare <= 0 || c.BulkShare > 1 {
 		p = append(p, fmt.Sprintf("TOKENCACHE_BULK_SHARE=%v: must be above 0 and at most 1", c.BulkShare))
@@ -218,7 +265,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("polyvRateLimit", c.RateLimit), slog.String("polyvSignMethod", c.SignMethod),
 		slog.String("redis", redisconn.RedactURL(c.RedisURL)), slog.Bool("redisCluster", c.RedisCluster),
 		slog.Int("apiKeys", c.Keys.Len()), slog.String("apiKeysFile", c.APIKeysFile), slog.String("auth", c.Auth),
-		slog.Float64("bulkShare", c.BulkShare),
+		slog.Float64("bulkShare", c.BulkShare), slog.Any("encryptionKeys", encryptionKeyIDs(c.EncryptionKeys)),
+		slog.Bool("tls", c.TLSCertFile != ""), slog.Bool("mtls", c.TLSClientCA != ""), slog.String("adminAddr", c.AdminAddr),
 		slog.String("ttl", c.TTL.String()), slog.String("refreshAfter", c.RefreshAfter.String()), slog.String("negativeTtl", c.NegativeTTL.String()),
 		slog.Int("localSize", c.LocalSize), slog.String("keyPrefix", c.KeyPrefix), slog.Bool("demo", c.Demo),
 	)
@@ -226,6 +274,38 @@ func (c Config) LogValue() slog.Value {
 
 // Format prints the config as LogValue does, whatever the verb.
 func (c Config) Format(f fmt.State, _ rune) { fmt.Fprint(f, c.LogValue().String()) }
+
+// parseEncryptionKeys reads id:base64 entries. Errors name the entry by its
+// place and id, never its key.
+func parseEncryptionKeys(s string) ([]cache.EncryptionKey, error) {
+	var keys []cache.EncryptionKey
+	var problems []string
+	for i, entry := range splitList(s) {
+		id, b64, ok := strings.Cut(entry, ":")
+		key, err := base64.StdEncoding.DecodeString(b64)
+		switch {
+		case !ok || id == "":
+			problems = append(problems, fmt.Sprintf("entry %d: want id:base64", i+1))
+		case err != nil || len(key) != 32:
+			problems = append(problems, fmt.Sprintf("entry %d (%q): want the base64 of 32 random bytes (openssl rand -base64 32)", i+1, id))
+		default:
+			keys = append(keys, cache.EncryptionKey{ID: id, Key: key})
+		}
+	}
+	if len(problems) > 0 {
+		return nil, errors.New(strings.Join(problems, "\n"))
+	}
+	return keys, nil
+}
+
+// encryptionKeyIDs lists the keys' ids, the sealing one first.
+func encryptionKeyIDs(keys []cache.EncryptionKey) []string {
+	ids := make([]string, len(keys))
+	for i, k := range keys {
+		ids[i] = k.ID
+	}
+	return ids
+}
 
 // readKeysFile reads and parses an API keys file.
 func readKeysFile(path string) (*httpapi.KeySet, error) {

@@ -9,6 +9,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -50,7 +51,11 @@ const bulkTimeout = 120 * time.Second
 // run starts the server and blocks until ctx ends, then shuts down gracefully.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "healthcheck" {
-		addr := getenv("TOKENCACHE_ADDR")
+		// The admin listener, when set, is where /healthz lives.
+		addr := getenv("TOKENCACHE_ADMIN_ADDR")
+		if addr == "" {
+			addr = getenv("TOKENCACHE_ADDR")
+		}
 		if addr == "" {
 			addr = ":8080"
 		}
@@ -89,6 +94,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if cfg.Auth == "none" {
 		log.Warn("TOKENCACHE_AUTH=none: the API accepts requests without an API key")
 	}
+	if len(cfg.EncryptionKeys) == 0 {
+		log.Info("encryption at rest is off: Redis holds tokens in clear; set TOKENCACHE_ENCRYPTION_KEYS to seal them")
+	}
 
 	client, err := polyv.New(polyv.Options{
 		AppID: cfg.AppID, AppSecret: cfg.AppSecret, BaseURL: cfg.BaseURL,
@@ -110,7 +118,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	auditor := httpapi.NewAuditor(log, auditKey(cfg.AppSecret))
 	tc, err := cache.New(rdb, client, cache.Options{
 		Prefix: cfg.KeyPrefix, TTL: cfg.TTL, RefreshAfter: cfg.RefreshAfter, NegativeTTL: cfg.NegativeTTL,
-		LocalSize: localSize, RateLimit: cfg.RateLimit, BulkShare: cfg.BulkShare, Metrics: metrics,
+		LocalSize: localSize, RateLimit: cfg.RateLimit, BulkShare: cfg.BulkShare, Metrics: metrics, EncryptionKeys: cfg.EncryptionKeys,
 		FillTimeout: 3*cfg.PolyvTimeout + time.Second, OnFetch: auditor.Fetch,
 	})
 	if err != nil {
@@ -125,28 +133,52 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		go func() { defer close(done); reloadKeys(reloadCtx, cfg, keys, log) }()
 		cleanup = append(cleanup, func() { stopReload(); <-done })
 	}
-	e := httpapi.New(httpapi.Options{
+	apiOpts := httpapi.Options{
 		Cache: tc, Keys: keys, Auditor: auditor, AuthDisabled: cfg.Auth == "none", EmbeddedRedis: embedded != nil,
-		Logger: log, Registry: reg, BulkTimeout: bulkTimeout,
-	})
-
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+		Logger: log, Registry: reg, BulkTimeout: bulkTimeout, AdminElsewhere: cfg.AdminAddr != "",
 	}
-	srv := &http.Server{
-		Handler:           e,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      bulkTimeout + 10*time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	var tlsConfig *tls.Config
+	if cfg.TLSCertFile != "" {
+		if tlsConfig, err = serverTLS(cfg); err != nil {
+			return err
+		}
 	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	servers := []*http.Server{newServer(httpapi.New(apiOpts), tlsConfig, log)}
+	addrs := []string{cfg.Addr}
+	if cfg.AdminAddr != "" {
+		servers = append(servers, newServer(httpapi.NewAdmin(apiOpts), nil, log))
+		addrs = append(addrs, cfg.AdminAddr)
+	}
+	// Listen on every address before serving any, so that a bind error is
+	// reported at once.
+	listeners := make([]net.Listener, len(addrs))
+	for i, addr := range addrs {
+		if listeners[i], err = net.Listen("tcp", addr); err != nil {
+			for _, l := range listeners[:i] {
+				_ = l.Close()
+			}
+			return fmt.Errorf("listen on %s: %w", addr, err)
+		}
+	}
+	serveErr := make(chan error, len(servers))
+	for i, srv := range servers {
+		ln := listeners[i]
+		if srv.TLSConfig != nil {
+			ln = tls.NewListener(ln, srv.TLSConfig)
+		}
+		go func() { serveErr <- srv.Serve(ln) }()
+	}
 
-	url := "http://" + dialable(ln.Addr().String())
-	log.Info("ready", "url", url, "config", cfg)
+	scheme := "http://"
+	if tlsConfig != nil {
+		scheme = "https://"
+	}
+	url := scheme + dialable(listeners[0].Addr().String())
+	readyAttrs := []any{"url", url, "config", cfg}
+	if cfg.AdminAddr != "" {
+		readyAttrs = append(readyAttrs, "adminUrl", "http://"+dialable(listeners[1].Addr().String()))
+	}
+	log.Info("ready", readyAttrs...)
 	if cfg.Demo {
 		fmt.Fprintf(stdout, "tokencache demo is up (Polyv simulator and embedded Redis). Try:\n\n")
 		key := "<one of your API keys>"
@@ -164,11 +196,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log.Info("shutting down", "grace", cfg.ShutdownPeriod.String())
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownPeriod)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("shutdown: %w", err)
+	for _, srv := range servers {
+		if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("shutdown: %w", err)
+		}
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// newServer returns an HTTP server of h with timeouts on every phase.
+func newServer(h http.Handler, tlsConfig *tls.Config, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		TLSConfig:         tlsConfig,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      bulkTimeout + 10*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 }
 
 func newLogger(cfg Config, w io.Writer) *slog.Logger {
@@ -206,6 +253,11 @@ func startDemo(cfg *Config) (stop func(), err error) {
 	}
 	if cfg.AppSecret == "" {
 		cfg.AppSecret = polyv.Secret(randomHex(16))
+	}
+	if len(cfg.EncryptionKeys) == 0 {
+		key := make([]byte, 32)
+		_, _ = rand.Read(key)
+		cfg.EncryptionKeys = []cache.EncryptionKey{{ID: "demo", Key: key}}
 	}
 	if cfg.Keys.Len() == 0 && cfg.Auth != "none" {
 		cfg.APIKeys = []string{"demo-" + randomHex(12)}

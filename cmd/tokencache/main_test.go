@@ -43,7 +43,7 @@ func startRun(t *testing.T, args []string, env map[string]string) (url string, s
 	stdout, stderr = &syncBuffer{}, &syncBuffer{}
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, args, envFunc(env), stdout, stderr) }()
-	re := regexp.MustCompile(`"msg":"ready","url":"(http://[^"]+)"`)
+	re := regexp.MustCompile(`"msg":"ready","url":"(https?://[^"]+)"`)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if m := re.FindStringSubmatch(stderr.String()); m != nil {

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"net/http"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokencache/tokencache/internal/testcerts"
+)
+
+// httpsClient trusts certs' CA and, with client set, shows the client
+// certificate. Each request uses a new connection.
+func httpsClient(t *testing.T, certs *testcerts.Files, client bool) *http.Client {
+	t.Helper()
+	caPEM, _ := os.ReadFile(certs.CA)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	tc := &tls.Config{RootCAs: pool}
+	if client {
+		pair, err := tls.LoadX509KeyPair(certs.ClientCert, certs.ClientKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.Certificates = []tls.Certificate{pair}
+	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true}}
+}
+
+func TestTLSListenerMTLSAndRenewal(t *testing.T) {
+	certs := testcerts.Write(t)
+	url, _, _, _ := startRun(t, []string{"-demo"}, map[string]string{
+		"TOKENCACHE_ADDR": "127.0.0.1:0", "TOKENCACHE_TLS_CERT_FILE": certs.ServerCert, "TOKENCACHE_TLS_KEY_FILE": certs.ServerKey,
+		"TOKENCACHE_TLS_CLIENT_CA_FILE": certs.CA,
+	})
+	if !strings.HasPrefix(url, "https://") {
+		t.Fatalf("url = %s, want https", url)
+	}
+	if _, err := httpsClient(t, certs, false).Get(url + "/healthz"); err == nil {
+		t.Error("a client without a certificate got through mTLS")
+	}
+	resp, err := httpsClient(t, certs, true).Get(url + "/healthz")
+	if err != nil {
+		t.Fatalf("with a client certificate: %v", err)
+	}
+	resp.Body.Close()
+	if resp.TLS.Version < tls.VersionTLS12 {
+		t.Errorf("TLS version %x", resp.TLS.Version)
+	}
+	if plain, err := http.Get(strings.Replace(url, "https://", "http://", 1) + "/healthz"); err == nil {
+		plain.Body.Close()
+		if plain.StatusCode != http.StatusBadRequest {
+			t.Errorf("plain HTTP on the TLS listener = %s, want 400", plain.Status)
+		}
+	}
+
+	// A renewed certificate is picked up without a restart.
+	before := resp.TLS.PeerCertificates[0].SerialNumber
+	cert, key := certs.Issue(t, "renewed", "renewed", x509.ExtKeyUsageServerAuth)
+	for _, f := range [][2]string{{cert, certs.ServerCert}, {key, certs.ServerKey}} {
+		b, _ := os.ReadFile(f[0])
+		if err := os.WriteFile(f[1], b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(3 * certCheckEvery)
+	for {
+		resp, err := httpsClient(t, certs, true).Get(url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.TLS.PeerCertificates[0].SerialNumber.Cmp(before) != 0 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the renewed certificate was not served: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestAdminListener(t *testing.T) {
+	url, _, stderr, _ := startRun(t, []string{"-demo"}, map[string]string{"TOKENCACHE_ADDR": "127.0.0.1:0", "TOKENCACHE_ADMIN_ADDR": "127.0.0.1:0"})
+	m := regexp.MustCompile(`"adminUrl":"(http://[^"]+)"`).FindStringSubmatch(stderr.String())
+	if m == nil {
+		t.Fatalf("no adminUrl in the ready line:\n%s", stderr)
+	}
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		resp, err := http.Get(m[1] + path)
+		if err != nil || resp.StatusCode != 200 {
+			t.Errorf("admin %s = %v %v", path, resp, err)
+		} else {
+			resp.Body.Close()
+		}
+		resp, err = http.Get(url + path)
+		if err != nil || resp.StatusCode != 404 {
+			t.Errorf("public %s = %v %v, want 404", path, resp, err)
+		} else {
+			resp.Body.Close()
+		}
+	}
+}
+
+func TestEncryptionKeysConfig(t *testing.T) {
+	base := map[string]string{"POLYV_APP_ID": "a", "POLYV_APP_SECRET": "s", "TOKENCACHE_API_KEYS": "k"}
+	good := "new:QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=,old:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+	env := map[string]string{"TOKENCACHE_ENCRYPTION_KEYS": good}
+	for k, v := range base {
+		env[k] = v
+	}
+	cfg, err := loadConfig(nil, envFunc(env), nil)
+	if err != nil || len(cfg.EncryptionKeys) != 2 || cfg.EncryptionKeys[0].ID != "new" {
+		t.Fatalf("loadConfig() = %v, %v", cfg.EncryptionKeys, err)
+	}
+	env["TOKENCACHE_ENCRYPTION_KEYS"] = "short:c2VjcmV0LWtleQ==,nocolon"
+	_, err = loadConfig(nil, envFunc(env), nil)
+	if err == nil || !strings.Contains(err.Error(), `entry 1 ("short")`) || !strings.Contains(err.Error(), "entry 2: want id:base64") {
+		t.Errorf("loadConfig() = %v, want both entries named", err)
+	}
+	if err != nil && strings.Contains(err.Error(), "c2VjcmV0LWtleQ") {
+		t.Error("the error quotes a key")
+	}
+}
