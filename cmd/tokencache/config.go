@@ -116,14 +116,15 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 	fs := flag.NewFlagSet("tokencache", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	for _, s := range c.settings() {
-		v := s.def
-		if e := getenv(s.env); e != "" {
-			v = e
-		}
-		if err := s.value.Set(v); err != nil {
-			problems = append(problems, fmt.Sprintf("%s=%q: %v", s.env, v, err))
-		}
+		// The flag is registered at the built-in default, so that usage
+		// never shows a value from the environment, where secrets live.
+		_ = s.value.Set(s.def)
 		fs.Var(s.value, s.flagName(), s.help+" (env "+s.env+")")
+		if e := getenv(s.env); e != "" {
+			if err := s.value.Set(e); err != nil {
+				problems = append(problems, fmt.Sprintf("%s: %v", s.env, err))
+			}
+		}
 	}
 	fs.BoolVar(&c.Demo, "demo", false, "start an in-process Polyv simulator and embedded Redis, with generated credentials")
 	if err := fs.Parse(args); err != nil {
@@ -213,7 +214,7 @@ func (c *Config) validate() []string {
 		p = append(p, fmt.Sprintf("TOKENCACHE_AUTH=%q: the only value is none", c.Auth))
 	}
 	if !strings.HasPrefix(c.BaseURL, "http://") && !strings.HasPrefix(c.BaseURL, "https://") {
-		p = append(p, fmt.Sprintf("POLYV_BASE_URL=%q: must start with https:// or http://", c.BaseURL))
+		p = append(p, fmt.Sprintf("POLYV_BASE_URL=%q: must start with https:// or http://", redisconn.RedactURL(c.BaseURL)))
 	}
 	if c.PolyvTimeout <= 0 {
 		p = append(p, "POLYV_TIMEOUT must be positive")
@@ -261,7 +262,7 @@ func (c *Config) validate() []string {
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("addr", c.Addr), slog.String("polyvAppId", c.AppID), slog.Any("polyvAppSecret", c.AppSecret),
-		slog.String("polyvBaseUrl", c.BaseURL), slog.String("polyvTimeout", c.PolyvTimeout.String()),
+		slog.String("polyvBaseUrl", redisconn.RedactURL(c.BaseURL)), slog.String("polyvTimeout", c.PolyvTimeout.String()),
 		slog.Int("polyvRateLimit", c.RateLimit), slog.String("polyvSignMethod", c.SignMethod),
 		slog.String("redis", redisconn.RedactURL(c.RedisURL)), slog.Bool("redisCluster", c.RedisCluster),
 		slog.Int("apiKeys", c.Keys.Len()), slog.String("apiKeysFile", c.APIKeysFile), slog.String("auth", c.Auth),

@@ -230,7 +230,8 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 // openRedis connects to REDIS_URL; an empty URL starts an embedded miniredis.
 func openRedis(cfg Config) (redis.UniversalClient, *miniredis.Miniredis, error) {
 	if cfg.RedisURL != "" {
-		rdb, err := redisconn.Open(redisconn.Options{URL: cfg.RedisURL, Cluster: cfg.RedisCluster})
+		rdb, err := redisconn.Open(redisconn.Options{URL: cfg.RedisURL, Cluster: cfg.RedisCluster,
+			TLSCAFile: cfg.RedisTLSCA, TLSCertFile: cfg.RedisTLSCert, TLSKeyFile: cfg.RedisTLSKey})
 		return rdb, nil, err
 	}
 	mr := miniredis.NewMiniRedis()

@@ -4,7 +4,11 @@
 package redisconn
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -19,6 +23,12 @@ type Options struct {
 	URL string
 	// Cluster parses URL as a cluster URL (more nodes as addr= params).
 	Cluster bool
+	// TLSCAFile is the CA (PEM) that signed the server's certificate, for a
+	// rediss:// URL; empty trusts the system's roots.
+	TLSCAFile string
+	// TLSCertFile and TLSKeyFile are a client certificate (PEM), for servers
+	// that require one.
+	TLSCertFile, TLSKeyFile string
 }
 
 // The defaults for settings the URL leaves unset. They are short, because
@@ -57,6 +67,15 @@ func Open(o Options) (redis.UniversalClient, error) {
 	urlErr := func(err error) error {
 		return fmt.Errorf("REDIS_URL %s: %s", RedactURL(o.URL), strings.ReplaceAll(err.Error(), o.URL, RedactURL(o.URL)))
 	}
+	tlsConfig := func(tc **tls.Config) error {
+		if *tc == nil {
+			if o.TLSCAFile != "" || o.TLSCertFile != "" {
+				return errors.New("REDIS_TLS_* settings need a rediss:// URL")
+			}
+			return nil
+		}
+		return o.applyTLS(*tc)
+	}
 	switch {
 	case o.Cluster:
 		co, err := redis.ParseClusterURL(o.URL)
@@ -64,6 +83,9 @@ func Open(o Options) (redis.UniversalClient, error) {
 			return nil, urlErr(err)
 		}
 		tune(&co.DialTimeout, &co.ReadTimeout, &co.WriteTimeout, &co.PoolTimeout, &co.MaxRetries, &co.DialerRetries, &co.ContextTimeoutEnabled)
+		if err := tlsConfig(&co.TLSConfig); err != nil {
+			return nil, err
+		}
 		co.MaintNotificationsConfig = noMaint()
 		return redis.NewClusterClient(co), nil
 	case strings.Contains(o.URL, "master_name="):
@@ -72,6 +94,9 @@ func Open(o Options) (redis.UniversalClient, error) {
 			return nil, urlErr(err)
 		}
 		tune(&fo.DialTimeout, &fo.ReadTimeout, &fo.WriteTimeout, &fo.PoolTimeout, &fo.MaxRetries, &fo.DialerRetries, &fo.ContextTimeoutEnabled)
+		if err := tlsConfig(&fo.TLSConfig); err != nil {
+			return nil, err
+		}
 		return redis.NewFailoverClient(fo), nil
 	}
 	so, err := redis.ParseURL(o.URL)
@@ -79,8 +104,36 @@ func Open(o Options) (redis.UniversalClient, error) {
 		return nil, urlErr(err)
 	}
 	tune(&so.DialTimeout, &so.ReadTimeout, &so.WriteTimeout, &so.PoolTimeout, &so.MaxRetries, &so.DialerRetries, &so.ContextTimeoutEnabled)
+	if err := tlsConfig(&so.TLSConfig); err != nil {
+		return nil, err
+	}
 	so.MaintNotificationsConfig = noMaint()
 	return redis.NewClient(so), nil
+}
+
+// applyTLS adds the private CA and the client certificate to tc, and
+// requires TLS 1.2 or later.
+func (o Options) applyTLS(tc *tls.Config) error {
+	tc.MinVersion = max(tc.MinVersion, tls.VersionTLS12)
+	if o.TLSCAFile != "" {
+		b, err := os.ReadFile(o.TLSCAFile)
+		if err != nil {
+			return fmt.Errorf("REDIS_TLS_CA_FILE: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return fmt.Errorf("REDIS_TLS_CA_FILE: %s holds no PEM certificate", o.TLSCAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if o.TLSCertFile != "" || o.TLSKeyFile != "" {
+		pair, err := tls.LoadX509KeyPair(o.TLSCertFile, o.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{pair}
+	}
+	return nil
 }
 
 // noMaint turns off go-redis's maintenance notifications, which open-source
@@ -89,7 +142,9 @@ func noMaint() *maintnotifications.Config {
 	return &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 }
 
-// RedactURL drops the password of a Redis URL.
+// RedactURL hides the secrets of a URL: user info, and every query
+// parameter whose name holds "password" (Sentinel's password= and
+// sentinel_password=).
 func RedactURL(u string) string {
 	if u == "" {
 		return "embedded"
@@ -98,8 +153,18 @@ func RedactURL(u string) string {
 	if !ok {
 		return "[unparseable]"
 	}
+	rest, query, hasQuery := strings.Cut(rest, "?")
 	if at := strings.LastIndex(rest, "@"); at >= 0 {
 		rest = "[redacted]@" + rest[at+1:]
+	}
+	if hasQuery {
+		params := strings.Split(query, "&")
+		for i, p := range params {
+			if name, _, ok := strings.Cut(p, "="); ok && strings.Contains(strings.ToLower(name), "password") {
+				params[i] = name + "=[redacted]"
+			}
+		}
+		rest += "?" + strings.Join(params, "&")
 	}
 	return scheme + "://" + rest
 }

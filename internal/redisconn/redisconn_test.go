@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/tokencache/tokencache/cache"
+	"github.com/tokencache/tokencache/internal/redisconn"
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/internal/testcerts"
 	"github.com/tokencache/tokencache/polyv"
 )
 
@@ -72,4 +74,45 @@ func TestStalledRedisRespectsTheCallersDeadline(t *testing.T) {
 		t.Errorf("slowest Get() with a 100ms deadline on a stalled Redis took %v", worst)
 	}
 	<-stalled
+}
+
+// rediss:// with a private CA and a client certificate, against a
+// redis-server that speaks only TLS and requires client certificates.
+func TestRedisTLS(t *testing.T) {
+	certs := testcerts.Write(t)
+	srv := redistest.StartTLS(t, certs.CA, certs.ServerCert, certs.ServerKey)
+	url := "rediss://" + srv.Addr
+	ping := func(o redisconn.Options) error {
+		rdb, err := redisconn.Open(o)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		return rdb.Ping(context.Background()).Err()
+	}
+	if err := ping(redisconn.Options{URL: url, TLSCAFile: certs.CA, TLSCertFile: certs.ClientCert, TLSKeyFile: certs.ClientKey}); err != nil {
+		t.Errorf("with the CA and a client certificate: %v", err)
+	}
+	if err := ping(redisconn.Options{URL: url, TLSCAFile: certs.CA}); err == nil {
+		t.Error("a client without a certificate got in")
+	}
+	if err := ping(redisconn.Options{URL: url, TLSCertFile: certs.ClientCert, TLSKeyFile: certs.ClientKey}); err == nil {
+		t.Error("a server certificate from an unknown CA was trusted")
+	}
+	if _, err := redisconn.Open(redisconn.Options{URL: "redis://" + srv.Addr, TLSCAFile: certs.CA}); err == nil {
+		t.Error("REDIS_TLS_CA_FILE was accepted with a redis:// URL")
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"redis://:pw@host:6379/0", "redis://[redacted]@host:6379/0"},
+		{"rediss://user:pw@host", "rediss://[redacted]@host"},
+		{"redis://host?master_name=m&password=pw&sentinel_password=spw", "redis://host?master_name=m&password=[redacted]&sentinel_password=[redacted]"},
+		{"redis://host:6379", "redis://host:6379"},
+	} {
+		if got := redisconn.RedactURL(tt.in); got != tt.want {
+			t.Errorf("RedactURL(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
 }

@@ -6,6 +6,7 @@ package redistest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -71,6 +72,41 @@ func (s *Server) Kill() {
 		_ = s.cmd.Wait()
 		s.cmd = nil
 	}
+}
+
+// StartTLS starts a redis-server that speaks only TLS, with certs' server
+// certificate, and requires client certificates signed by certs' CA. It
+// skips where redis-server was built without TLS, except in CI.
+func StartTLS(tb testing.TB, caFile, certFile, keyFile string) *Server {
+	tb.Helper()
+	need(tb, "redis-server")
+	port := freePort(tb)
+	s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), port: port, dir: tb.TempDir()}
+	s.args = []string{"--port", "0", "--tls-port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", s.dir, "--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-ca-cert-file", caFile, "--tls-auth-clients", "yes"}
+	s.cmd = exec.Command("redis-server", s.args...)
+	out := &strings.Builder{}
+	s.cmd.Stdout = out
+	if err := s.cmd.Start(); err != nil {
+		tb.Fatalf("start redis-server: %v", err)
+	}
+	tb.Cleanup(s.Kill)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", s.Addr); err == nil {
+			c.Close()
+			return s
+		}
+		if s.cmd.ProcessState != nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if os.Getenv("CI") == "" && strings.Contains(out.String(), "TLS") {
+		tb.Skipf("redis-server has no TLS support: %s", out.String())
+	}
+	tb.Fatalf("redis-server with TLS did not start:\n%s", out.String())
+	return nil
 }
 
 // Killed reports whether the server is down.
@@ -175,7 +211,9 @@ func waitPing(tb testing.TB, addr string) {
 	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, MaintNotificationsConfig: noMaint()})
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
-	for c.Ping(context.Background()).Err() != nil {
+	// A reply, even NOAUTH from a server with a password, means it is up.
+	var reply redis.Error
+	for err := c.Ping(context.Background()).Err(); err != nil && !errors.As(err, &reply); err = c.Ping(context.Background()).Err() {
 		if time.Now().After(deadline) {
 			tb.Fatalf("redis-server at %s did not answer", addr)
 		}
