@@ -2,9 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
 	"sync"
 	"time"
@@ -153,25 +150,10 @@ func (s *server) bulkChatTokens(c echo.Context) error {
 	if err := checkChannel(c, channelID); err != nil {
 		return err
 	}
-	var body struct {
-		Requests *[]bulkItem `json:"requests"`
+	items, err := decodeBulk(c.Request().Body)
+	if err != nil {
+		return err
 	}
-	dec := json.NewDecoder(c.Request().Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return echo.ErrStatusRequestEntityTooLarge
-		}
-		return invalid("body", "body must be JSON: {\"requests\":[{\"userId\",\"role\",\"origin\"}]}")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return invalid("body", "body must hold one JSON object")
-	}
-	if body.Requests == nil || len(*body.Requests) == 0 || len(*body.Requests) > maxBulk {
-		return invalid("requests", "requests must hold 1 to 1000 items")
-	}
-	items := *body.Requests
 
 	// Validate every item before any work; a bad item fails alone.
 	results := make([]any, len(items))

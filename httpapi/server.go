@@ -161,13 +161,24 @@ func accessLog(log *slog.Logger) echo.MiddlewareFunc {
 		HandleError: true,
 		LogValuesFunc: func(c echo.Context, v middleware.RequestLoggerValues) error {
 			log.LogAttrs(c.Request().Context(), slog.LevelInfo, "request",
-				slog.String("request_id", v.RequestID), slog.String("method", v.Method),
-				slog.String("route", v.RoutePath), slog.String("path", v.URIPath),
+				slog.String("request_id", capped(v.RequestID)), slog.String("method", v.Method),
+				slog.String("route", v.RoutePath), slog.String("path", capped(v.URIPath)),
 				slog.Int("status", v.Status), slog.Duration("latency", v.Latency),
 				slog.String("cache_status", c.Response().Header().Get("Cache-Status")))
 			return nil
 		},
 	})
+}
+
+// maxLogged bounds what a client controls in a log line (path, request id),
+// so that one request cannot write a megabyte into the log.
+const maxLogged = 256
+
+func capped(s string) string {
+	if len(s) <= maxLogged {
+		return s
+	}
+	return strings.ToValidUTF8(s[:maxLogged], "") + "…"
 }
 
 // formatBytes writes n as echo's BodyLimit wants it.

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"net/url"
 	"slices"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 
@@ -62,7 +63,9 @@ func validateChat(r tokenRequest) error {
 	case !utf8.ValidString(r.UserID):
 		return invalid("userId", "userId must be valid UTF-8")
 	case hasControl(r.UserID):
-		return invalid("userId", "userId must not contain control characters")
+		return invalid("userId", "userId must not contain control or invisible format characters")
+	case strings.TrimSpace(r.UserID) == "":
+		return invalid("userId", "userId must contain a character that is not white space")
 	}
 	if r.Role == "" {
 		return invalid("role", "role is required: one of teacher, admin, guest, assistant, viewer")
@@ -76,9 +79,11 @@ func validateChat(r tokenRequest) error {
 	return nil
 }
 
+// hasControl reports control characters, and format characters (Cf: bidi
+// overrides, zero-width spaces) that make one id look like another.
 func hasControl(s string) bool {
 	for _, r := range s {
-		if unicode.IsControl(r) {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
 			return true
 		}
 	}
