@@ -92,3 +92,32 @@ func TestDockerfileBuild(t *testing.T) {
 		t.Errorf("tokencache is not static: %s", out)
 	}
 }
+
+// Every external base image is pinned by digest, and the default (last)
+// target holds the server binary alone.
+func TestDockerfilePinsAndTargets(t *testing.T) {
+	b, err := os.ReadFile("../../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stages := map[string]bool{}
+	var last []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "FROM" {
+			if !stages[f[1]] && !regexp.MustCompile(`@sha256:[0-9a-f]{64}$`).MatchString(f[1]) {
+				t.Errorf("base image %s is not pinned by digest", f[1])
+			}
+			if len(f) == 4 && strings.EqualFold(f[2], "AS") {
+				stages[f[3]] = true
+			}
+			last = nil
+		}
+		if len(f) > 0 && f[0] == "COPY" {
+			last = append(last, line)
+		}
+	}
+	if len(last) != 1 || !strings.Contains(last[0], "/out/tokencache ") {
+		t.Errorf("the default target copies %q, want the server binary alone", last)
+	}
+}
