@@ -19,7 +19,8 @@ func benchRedis(b *testing.B) redis.UniversalClient {
 }
 
 // BenchmarkGet measures the three paths side by side in one run:
-// hit_local, hit_redis (local cache off) and a miss through the simulator.
+// hit_local, hit_redis (local cache off), both again with encryption at
+// rest, and a miss through the simulator.
 func BenchmarkGet(b *testing.B) {
 	b.Run("hit_local", func(b *testing.B) {
 		c := newCache(b, benchRedis(b), &fakeUpstream{}, testOptions(nil))
@@ -27,6 +28,15 @@ func BenchmarkGet(b *testing.B) {
 	})
 	b.Run("hit_redis", func(b *testing.B) {
 		c := newCache(b, benchRedis(b), &fakeUpstream{}, testOptions(func(o *Options) { o.LocalSize = -1 }))
+		benchHits(b, c)
+	})
+	sealed := func(o *Options) { o.EncryptionKeys = []EncryptionKey{{ID: "k1", Key: make([]byte, 32)}} }
+	b.Run("hit_local_encrypted", func(b *testing.B) {
+		c := newCache(b, benchRedis(b), &fakeUpstream{}, testOptions(sealed))
+		benchHits(b, c)
+	})
+	b.Run("hit_redis_encrypted", func(b *testing.B) {
+		c := newCache(b, benchRedis(b), &fakeUpstream{}, testOptions(func(o *Options) { sealed(o); o.LocalSize = -1 }))
 		benchHits(b, c)
 	})
 	b.Run("miss_simulator", func(b *testing.B) {

@@ -10,6 +10,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash"
+	"sync"
 )
 
 // EncryptionKey is one AES-256 key with the id stored beside what it seals.
@@ -25,7 +27,7 @@ type EncryptionKey struct {
 type sealer struct {
 	sealID string
 	aeads  map[string]cipher.AEAD
-	idKey  []byte // HMAC key for identities, derived from the sealing key
+	idMACs sync.Pool // of hash.Hash: HMACs keyed for identities, reused
 }
 
 // sealedMagic starts every sealed value; a value without it is not sealed.
@@ -52,7 +54,8 @@ func newSealer(keys []EncryptionKey) (*sealer, error) {
 	}
 	m := hmac.New(sha256.New, keys[0].Key)
 	m.Write([]byte("tokencache key identity v1"))
-	s.idKey = m.Sum(nil)
+	idKey := m.Sum(nil)
+	s.idMACs.New = func() any { return hmac.New(sha256.New, idKey) }
 	return s, nil
 }
 
@@ -90,7 +93,11 @@ func (s *sealer) open(redisKey string, b []byte) ([]byte, error) {
 // identity hides a key identity behind a keyed hash: still one name per
 // identity, but no user id in clear.
 func (s *sealer) identity(id string) string {
-	m := hmac.New(sha256.New, s.idKey)
+	m := s.idMACs.Get().(hash.Hash)
+	m.Reset()
 	m.Write([]byte(id))
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+	var sum [sha256.Size]byte
+	id = base64.RawURLEncoding.EncodeToString(m.Sum(sum[:0]))
+	s.idMACs.Put(m)
+	return id
 }
