@@ -92,6 +92,9 @@ func TestEndToEnd(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp, b
 	}
+	if n := strings.Count(stderr.String(), "encryption at rest is off"); n != 1 {
+		t.Errorf("the server said %d times that encryption is off, want once", n)
+	}
 	const path = "/v1/channels/2094979/chat-token?userId=1b448be323&role=viewer&origin=web"
 	resp, body := get(path, "k2")
 	if resp.StatusCode != 200 || resp.Header.Get("Cache-Status") != "tokencache; fwd=miss; stored" {
@@ -149,7 +152,10 @@ func TestDemoCurlWorks(t *testing.T) {
 		}
 		t.Skip("curl is not installed")
 	}
-	_, stdout, _, _ := startRun(t, []string{"-demo", "-addr", "127.0.0.1:0"}, map[string]string{})
+	_, stdout, stderr, _ := startRun(t, []string{"-demo", "-addr", "127.0.0.1:0"}, map[string]string{})
+	if strings.Contains(stderr.String(), "encryption at rest is off") || !strings.Contains(stderr.String(), `"encryptionKeys":["demo"]`) {
+		t.Errorf("the demo does not seal tokens:\n%s", stderr)
+	}
 	line := ""
 	for _, l := range strings.Split(stdout.String(), "\n") {
 		if strings.HasPrefix(l, "curl ") {
