@@ -2,7 +2,9 @@ package httpapi
 
 import (
 	"context"
+	"math"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -61,7 +63,10 @@ func (s *server) getChatToken(c echo.Context) error {
 	if err := checkScope(c, req); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(callerContext(c, RouteGet, false), s.opts.RequestTimeout)
+	ctx, cancel, err := s.deadline(c, callerContext(c, RouteGet, false), s.opts.RequestTimeout)
+	if err != nil {
+		return err
+	}
 	defer cancel()
 	k := cache.ChatKey(req.ChannelID, req.UserID, req.Role, req.Origin)
 	tok, res, err := s.opts.Cache.Get(ctx, k)
@@ -82,7 +87,10 @@ func (s *server) deleteChatToken(c echo.Context) error {
 	if err := checkScope(c, req); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(c.Request().Context(), s.opts.RequestTimeout)
+	ctx, cancel, err := s.deadline(c, c.Request().Context(), s.opts.RequestTimeout)
+	if err != nil {
+		return err
+	}
 	defer cancel()
 	if err := s.opts.Cache.Delete(ctx, cache.ChatKey(req.ChannelID, req.UserID, req.Role, req.Origin)); err != nil {
 		return err
@@ -113,7 +121,10 @@ func (s *server) getChannelToken(c echo.Context) error {
 	h := c.Response().Header()
 	h.Set("Deprecation", deprecatedSince)
 	h.Set("Link", `</v1/channels/`+channelID+`/chat-token>; rel="successor-version"`)
-	ctx, cancel := context.WithTimeout(callerContext(c, RouteLegacy, false), s.opts.RequestTimeout)
+	ctx, cancel, err := s.deadline(c, callerContext(c, RouteLegacy, false), s.opts.RequestTimeout)
+	if err != nil {
+		return err
+	}
 	defer cancel()
 	tok, res, err := s.opts.Cache.Get(ctx, cache.ChannelKey(channelID))
 	h.Set("Cache-Status", cacheStatus(res))
@@ -170,7 +181,10 @@ func (s *server) bulkChatTokens(c echo.Context) error {
 	}
 
 	// Bulk prefetch waits its turn at the rate limit, up to BulkTimeout.
-	ctx, cancel := context.WithTimeout(callerContext(c, RouteBulk, true), s.opts.BulkTimeout)
+	ctx, cancel, err := s.deadline(c, callerContext(c, RouteBulk, true), s.opts.BulkTimeout)
+	if err != nil {
+		return err
+	}
 	defer cancel()
 	sem := make(chan struct{}, s.opts.BulkConcurrency)
 	var wg sync.WaitGroup
@@ -227,4 +241,23 @@ func checkScope(c echo.Context, r tokenRequest) error {
 		return err
 	}
 	return checkRole(c, r.Role)
+}
+
+// requestTimeoutHeader carries the caller's own deadline, in seconds.
+const requestTimeoutHeader = "Request-Timeout"
+
+// deadline bounds a request by the smaller of limit and the caller's
+// Request-Timeout, so that no work goes on after the caller has given up.
+func (s *server) deadline(c echo.Context, ctx context.Context, limit time.Duration) (context.Context, context.CancelFunc, error) {
+	if v := c.Request().Header.Get(requestTimeoutHeader); v != "" {
+		secs, err := strconv.ParseFloat(v, 64)
+		if err != nil || secs <= 0 || math.IsInf(secs, 0) || math.IsNaN(secs) {
+			return nil, nil, invalid(requestTimeoutHeader, "Request-Timeout must be a positive number of seconds, such as 2 or 0.5")
+		}
+		if secs < limit.Seconds() {
+			limit = time.Duration(secs * float64(time.Second))
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	return ctx, cancel, nil
 }

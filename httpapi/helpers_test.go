@@ -22,7 +22,8 @@ const testKey = "test-key-1"
 // fakeCache answers from get, or with a token built from the key, and counts
 // every call.
 type fakeCache struct {
-	calls atomic.Int64
+	calls    atomic.Int64
+	deadline atomic.Int64 // of the last Get's ctx, unix nanos
 	get   func(k cache.Key) (cache.Token, cache.Result, error)
 	del   func(k cache.Key) error
 	ready error
@@ -30,8 +31,11 @@ type fakeCache struct {
 
 var _ TokenCache = (*fakeCache)(nil)
 
-func (f *fakeCache) Get(_ context.Context, k cache.Key) (cache.Token, cache.Result, error) {
+func (f *fakeCache) Get(ctx context.Context, k cache.Key) (cache.Token, cache.Result, error) {
 	f.calls.Add(1)
+	if d, ok := ctx.Deadline(); ok {
+		f.deadline.Store(d.UnixNano())
+	}
 	if f.get != nil {
 		return f.get(k)
 	}

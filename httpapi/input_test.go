@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestTighterInput(t *testing.T) {
@@ -48,5 +49,36 @@ func TestAccessLogCapsClientText(t *testing.T) {
 	e.ServeHTTP(httptest.NewRecorder(), req)
 	if n := log.Len(); n > 2000 {
 		t.Errorf("one request wrote %d bytes of log", n)
+	}
+}
+
+func TestRequestTimeoutHeader(t *testing.T) {
+	fc := &fakeCache{}
+	e := newTestAPI(t, fc)
+	var left time.Duration
+	send := func(timeout string) int {
+		defer func() { left = time.Until(time.Unix(0, fc.deadline.Load())) }()
+		req := httptest.NewRequest("GET", chatPath+"?userId=u&role=viewer", nil)
+		req.Header.Set("Authorization", "Bearer "+testKey)
+		if timeout != "" {
+			req.Header.Set("Request-Timeout", timeout)
+		}
+		w := httptest.NewRecorder()
+		e.ServeHTTP(w, req)
+		return w.Code
+	}
+	if send("0.25") != 200 || left > 250*time.Millisecond || left < 100*time.Millisecond {
+		t.Errorf("with Request-Timeout 0.25 the cache got %v", left)
+	}
+	if send("3600") != 200 || left > 10*time.Second {
+		t.Errorf("with Request-Timeout 3600 the cache got %v, want the server's own 10s at most", left)
+	}
+	if send("") != 200 || left > 10*time.Second || left < 9*time.Second {
+		t.Errorf("without Request-Timeout the cache got %v", left)
+	}
+	for _, bad := range []string{"0", "-1", "soon", "NaN", "Inf"} {
+		if code := send(bad); code != 400 {
+			t.Errorf("Request-Timeout %q = %d, want 400", bad, code)
+		}
 	}
 }
