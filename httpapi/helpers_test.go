@@ -24,9 +24,9 @@ const testKey = "test-key-1"
 type fakeCache struct {
 	calls    atomic.Int64
 	deadline atomic.Int64 // of the last Get's ctx, unix nanos
-	get   func(k cache.Key) (cache.Token, cache.Result, error)
-	del   func(k cache.Key) error
-	ready error
+	get      func(k cache.Key) (cache.Token, cache.Result, error)
+	del      func(k cache.Key) error
+	ready    error
 }
 
 var _ TokenCache = (*fakeCache)(nil)
