@@ -113,7 +113,7 @@ func eachBackend(t *testing.T, run func(t *testing.T, b backend)) {
 // testOptions are fast settings for tests.
 func testOptions(mod func(*Options)) Options {
 	o := Options{
-		LeaseTTL: 300 * time.Millisecond, PollInterval: 20 * time.Millisecond, FillTimeout: 5 * time.Second,
+		LeaseTTL: time.Second, PollInterval: 20 * time.Millisecond, FillTimeout: 5 * time.Second,
 		RateLimit: 100000, BreakerOpenFor: 200 * time.Millisecond, BreakerFailures: 3,
 	}
 	if mod != nil {

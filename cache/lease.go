@@ -145,8 +145,8 @@ func (c *Cache) leaseFor() time.Duration { return c.opts.LeaseTTL + c.queueWait(
 
 // renewLease extends the lease while its holder works, so that only a dead
 // holder's lease lapses. Each extension covers LeaseTTL plus the time this
-// instance's rate-limit queue needs to drain, and the next comes when two
-// thirds of it have passed: a holder queued behind many fetches renews a few
+// instance's rate-limit queue needs to drain, and the next comes when half
+// of it has passed: a holder queued behind many fetches renews a few
 // times, not once per LeaseTTL/3, and a dead holder blocks the others no
 // longer than they would wait for a slot anyway.
 func (c *Cache) renewLease(ctx context.Context, keys redisKeys, owner string) (stop func()) {
@@ -154,7 +154,7 @@ func (c *Cache) renewLease(ctx context.Context, keys redisKeys, owner string) (s
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		next := c.leaseFor() * 2 / 3
+		next := c.leaseFor() / 2
 		for {
 			select {
 			case <-ctx.Done():
@@ -163,7 +163,7 @@ func (c *Cache) renewLease(ctx context.Context, keys redisKeys, owner string) (s
 			}
 			ext := c.leaseFor()
 			_ = extendScript.Run(ctx, c.rdb, []string{keys.lease()}, owner, ext.Milliseconds()).Err()
-			next = ext * 2 / 3
+			next = ext / 2
 		}
 	}()
 	return func() { cancel(); <-done }
