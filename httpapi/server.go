@@ -7,6 +7,7 @@ import (
 	_ "embed"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -67,6 +68,9 @@ type Options struct {
 	// AdminElsewhere leaves /healthz, /readyz and /metrics out of New's
 	// routes: NewAdmin serves them on their own listener.
 	AdminElsewhere bool
+	// Pprof serves net/http/pprof under /debug/pprof/ beside /metrics, for
+	// profiling under load; keep it off unless the admin routes are private.
+	Pprof bool
 }
 
 type server struct {
@@ -151,6 +155,27 @@ func (s *server) adminRoutes(e *echo.Echo) {
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{})))
+	if s.opts.Pprof {
+		e.GET("/debug/pprof/*", echo.WrapHandler(http.HandlerFunc(pprofHandler)))
+	}
+}
+
+// pprofHandler serves net/http/pprof's pages by name.
+func pprofHandler(w http.ResponseWriter, r *http.Request) {
+	switch name := strings.TrimPrefix(r.URL.Path, "/debug/pprof/"); name {
+	case "profile":
+		pprof.Profile(w, r)
+	case "trace":
+		pprof.Trace(w, r)
+	case "symbol":
+		pprof.Symbol(w, r)
+	case "cmdline":
+		pprof.Cmdline(w, r)
+	case "":
+		pprof.Index(w, r)
+	default:
+		pprof.Handler(name).ServeHTTP(w, r)
+	}
 }
 
 // accessLog logs one line per request at info, without query strings: they

@@ -42,6 +42,7 @@ type Config struct {
 	TLSKeyFile     string
 	TLSClientCA    string
 	AdminAddr      string
+	Pprof          bool
 	RedisTLSCA     string
 	RedisTLSCert   string
 	RedisTLSKey    string
@@ -94,6 +95,7 @@ func (c *Config) settings() []setting {
 		{"TOKENCACHE_TLS_KEY_FILE", "", "private key (PEM) of TOKENCACHE_TLS_CERT_FILE", (*stringValue)(&c.TLSKeyFile)},
 		{"TOKENCACHE_TLS_CLIENT_CA_FILE", "", "CA (PEM) whose client certificates are required (mTLS)", (*stringValue)(&c.TLSClientCA)},
 		{"TOKENCACHE_ADMIN_ADDR", "", "serve /healthz, /readyz and /metrics here only", (*stringValue)(&c.AdminAddr)},
+		{"TOKENCACHE_PPROF", "false", "serve net/http/pprof under /debug/pprof/ beside /metrics", (*boolValue)(&c.Pprof)},
 		{"REDIS_TLS_CA_FILE", "", "CA (PEM) that signed Redis's certificate, for rediss://", (*stringValue)(&c.RedisTLSCA)},
 		{"REDIS_TLS_CERT_FILE", "", "client certificate (PEM) for Redis", (*stringValue)(&c.RedisTLSCert)},
 		{"REDIS_TLS_KEY_FILE", "", "client private key (PEM) for Redis", (*stringValue)(&c.RedisTLSKey)},
