@@ -82,3 +82,24 @@ func TestRequestTimeoutHeader(t *testing.T) {
 		}
 	}
 }
+
+func TestAccessLogModes(t *testing.T) {
+	for _, tt := range []struct {
+		mode      string
+		oks, want int
+	}{{AccessLogErrors, 200, 1}, {AccessLogSampled, 200, 3}, {AccessLogAll, 200, 201}} {
+		var log bytes.Buffer
+		e := New(Options{Cache: &fakeCache{}, APIKeys: []string{testKey}, AccessLog: tt.mode, Logger: slog.New(slog.NewJSONHandler(&log, nil))})
+		for range tt.oks {
+			do(e, "GET", chatPath+"?userId=u&role=viewer", "")
+		}
+		do(e, "GET", "/nowhere", "") // a 404 is always logged
+		lines := strings.Count(log.String(), `"msg":"request"`)
+		if lines != tt.want {
+			t.Errorf("mode %s: %d lines for %d hits and a 404, want %d", tt.mode, lines, tt.oks, tt.want)
+		}
+		if !strings.Contains(log.String(), `"latency_ms":`) || !strings.Contains(log.String(), `"status":404`) {
+			t.Errorf("mode %s: lines lack latency_ms or status:\n%s", tt.mode, log.String())
+		}
+	}
+}

@@ -68,6 +68,10 @@ type Options struct {
 	// AdminElsewhere leaves /healthz, /readyz and /metrics out of New's
 	// routes: NewAdmin serves them on their own listener.
 	AdminElsewhere bool
+	// AccessLog is which requests get an access-log line: AccessLogErrors
+	// (the default: 4xx, 5xx and requests slower than 1s), AccessLogSampled
+	// (those and 1 in 100 of the rest) or AccessLogAll.
+	AccessLog string
 	// Pprof serves net/http/pprof under /debug/pprof/ beside /metrics, for
 	// profiling under load; keep it off unless the admin routes are private.
 	Pprof bool
@@ -101,6 +105,9 @@ func withDefaults(opts Options) Options {
 	if opts.Keys == nil {
 		opts.Keys = NewKeys(KeysFromList(opts.APIKeys))
 	}
+	if opts.AccessLog == "" {
+		opts.AccessLog = AccessLogErrors
+	}
 	return opts
 }
 
@@ -111,9 +118,7 @@ func New(opts Options) *echo.Echo {
 
 	e := newEcho(opts)
 	e.Use(
-		middleware.RequestID(),
-		s.metrics.middleware,
-		accessLog(opts.Logger),
+		newObserver(opts.Logger, opts.AccessLog, s.metrics).middleware,
 		middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true, LogErrorFunc: func(c echo.Context, err error, _ []byte) error {
 			return err
 		}}),
@@ -176,23 +181,6 @@ func pprofHandler(w http.ResponseWriter, r *http.Request) {
 	default:
 		pprof.Handler(name).ServeHTTP(w, r)
 	}
-}
-
-// accessLog logs one line per request at info, without query strings: they
-// hold user ids.
-func accessLog(log *slog.Logger) echo.MiddlewareFunc {
-	return middleware.RequestLoggerWithConfig(middleware.RequestLoggerConfig{
-		LogStatus: true, LogLatency: true, LogMethod: true, LogRoutePath: true, LogRequestID: true, LogURIPath: true,
-		HandleError: true,
-		LogValuesFunc: func(c echo.Context, v middleware.RequestLoggerValues) error {
-			log.LogAttrs(c.Request().Context(), slog.LevelInfo, "request",
-				slog.String("request_id", capped(v.RequestID)), slog.String("method", v.Method),
-				slog.String("route", v.RoutePath), slog.String("path", capped(v.URIPath)),
-				slog.Int("status", v.Status), slog.Duration("latency", v.Latency),
-				slog.String("cache_status", c.Response().Header().Get("Cache-Status")))
-			return nil
-		},
-	})
 }
 
 // maxLogged bounds what a client controls in a log line (path, request id),

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -43,6 +44,7 @@ type Config struct {
 	TLSClientCA    string
 	AdminAddr      string
 	Pprof          bool
+	AccessLog      string
 	RedisTLSCA     string
 	RedisTLSCert   string
 	RedisTLSKey    string
@@ -106,6 +108,7 @@ func (c *Config) settings() []setting {
 		{"TOKENCACHE_KEY_PREFIX", "tc:", "Redis key prefix", (*stringValue)(&c.KeyPrefix)},
 		{"TOKENCACHE_LOG_LEVEL", "info", "debug, info, warn or error", (*stringValue)(&c.LogLevel)},
 		{"TOKENCACHE_LOG_FORMAT", "json", "json or text", (*stringValue)(&c.LogFormat)},
+		{"TOKENCACHE_ACCESS_LOG", "errors", "which requests are logged: errors (4xx, 5xx, slower than 1s), sampled (and 1 in 100 of the rest) or all", (*stringValue)(&c.AccessLog)},
 		{"TOKENCACHE_SHUTDOWN_PERIOD", "20s", "how long in-flight requests may take to finish at shutdown", (*durationValue)(&c.ShutdownPeriod)},
 	}
 }
@@ -250,6 +253,9 @@ func (c *Config) validate() []string {
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		p = append(p, "TOKENCACHE_LOG_LEVEL: "+err.Error())
+	}
+	if !slices.Contains(httpapi.AccessLogModes, c.AccessLog) {
+		p = append(p, fmt.Sprintf("TOKENCACHE_ACCESS_LOG=%q: must be errors, sampled or all", c.AccessLog))
 	}
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		p = append(p, fmt.Sprintf("TOKENCACHE_LOG_FORMAT=%q: must be json or text", c.LogFormat))

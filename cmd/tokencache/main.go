@@ -135,7 +135,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	apiOpts := httpapi.Options{
 		Cache: tc, Keys: keys, Auditor: auditor, AuthDisabled: cfg.Auth == "none", EmbeddedRedis: embedded != nil,
-		Logger: log, Registry: reg, BulkTimeout: bulkTimeout, AdminElsewhere: cfg.AdminAddr != "", Pprof: cfg.Pprof,
+		Logger: log, Registry: reg, BulkTimeout: bulkTimeout, AdminElsewhere: cfg.AdminAddr != "", Pprof: cfg.Pprof, AccessLog: cfg.AccessLog,
 	}
 	var tlsConfig *tls.Config
 	if cfg.TLSCertFile != "" {

@@ -1,0 +1,126 @@
+package httpapi
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The access-log modes (TOKENCACHE_ACCESS_LOG).
+const (
+	AccessLogErrors  = "errors"  // 4xx, 5xx and slow requests
+	AccessLogSampled = "sampled" // those, and one in sampleEvery of the rest
+	AccessLogAll     = "all"     // every request
+)
+
+// AccessLogModes lists the modes, for validation.
+var AccessLogModes = []string{AccessLogErrors, AccessLogSampled, AccessLogAll}
+
+const (
+	sampleEvery   = 100
+	slowRequest   = time.Second
+	requestIDHead = echo.HeaderXRequestID
+)
+
+// observer is the one middleware that gives each request an id, counts it
+// in the metrics and writes its access-log line: one wrapper, not three.
+type observer struct {
+	log     *slog.Logger
+	mode    string
+	metrics *requestMetrics
+
+	idPrefix string        // random per process
+	idSeq    atomic.Uint64 // then a counter: unique, and cheap
+	sampled  atomic.Uint64
+}
+
+func newObserver(log *slog.Logger, mode string, m *requestMetrics) *observer {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return &observer{log: log, mode: mode, metrics: m, idPrefix: hex.EncodeToString(b) + "-"}
+}
+
+func (o *observer) middleware(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		req, res := c.Request(), c.Response()
+		id := req.Header.Get(requestIDHead)
+		if id == "" {
+			id = o.idPrefix + strconv.FormatUint(o.idSeq.Add(1), 36)
+		}
+		res.Header().Set(requestIDHead, id)
+		if err := next(c); err != nil {
+			c.Error(err) // write the response now, so its status is known
+		}
+		latency := time.Since(start)
+		route, status := routeLabel(c), res.Status
+		key := "-"
+		if k := apiKey(c); k != nil {
+			key = k.Name
+		}
+		o.metrics.observe(route, status, key, latency)
+		if o.logs(status, latency) {
+			o.log.LogAttrs(req.Context(), slog.LevelInfo, "request",
+				slog.String("request_id", capped(id)), slog.String("method", req.Method),
+				slog.String("route", route), slog.String("path", capped(req.URL.Path)),
+				slog.Int("status", status), slog.Float64("latency_ms", float64(latency.Microseconds())/1000),
+				slog.String("key", key), slog.String("cache_status", res.Header().Get("Cache-Status")))
+		}
+		return nil
+	}
+}
+
+// logs decides whether a request gets an access-log line.
+func (o *observer) logs(status int, latency time.Duration) bool {
+	switch {
+	case o.mode == AccessLogAll, status >= 400, latency >= slowRequest:
+		return true
+	case o.mode == AccessLogSampled:
+		return o.sampled.Add(1)%sampleEvery == 0
+	}
+	return false
+}
+
+// requestMetrics count requests per route template, status and key name.
+// The children are bound once per label set, not looked up per request.
+type requestMetrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	counters sync.Map // "route status key" -> prometheus.Counter
+	timers   sync.Map // route -> prometheus.Observer
+}
+
+func newRequestMetrics(reg prometheus.Registerer) *requestMetrics {
+	m := &requestMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokencache_requests_total", Help: "HTTP requests by route template, status and API key name.",
+		}, []string{"route", "status", "key"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tokencache_request_duration_seconds", Help: "HTTP request latency by route template.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"route"}),
+	}
+	reg.MustRegister(m.requests, m.duration)
+	return m
+}
+
+func (m *requestMetrics) observe(route string, status int, key string, latency time.Duration) {
+	id := route + " " + strconv.Itoa(status) + " " + key
+	c, ok := m.counters.Load(id)
+	if !ok {
+		c, _ = m.counters.LoadOrStore(id, m.requests.WithLabelValues(route, strconv.Itoa(status), key))
+	}
+	c.(prometheus.Counter).Inc()
+	t, ok := m.timers.Load(route)
+	if !ok {
+		t, _ = m.timers.LoadOrStore(route, m.duration.WithLabelValues(route))
+	}
+	t.(prometheus.Observer).Observe(latency.Seconds())
+}
