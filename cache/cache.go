@@ -272,6 +272,20 @@ func (c *Cache) get(ctx context.Context, k Key) (Token, Result, error) {
 	return c.fillShared(ctx, k, keys)
 }
 
+// Peek returns k's token if this instance holds it in memory, as Get
+// would serve it, with no Redis or Polyv work and no context: the hit path.
+// ok is false when Get must be called.
+func (c *Cache) Peek(k Key) (tok Token, res Result, ok bool, err error) {
+	keys := c.keysOf(k)
+	e, found := c.localGet(keys.value)
+	if !found {
+		return Token{}, "", false, nil
+	}
+	tok, res, err = c.serve(k, keys, e, ResultHitLocal)
+	c.metrics.result(res)
+	return tok, res, true, err
+}
+
 // serve turns a found entry into the answer, starting a refresh when the
 // token is stale.
 func (c *Cache) serve(k Key, keys redisKeys, e entry, hit Result) (Token, Result, error) {

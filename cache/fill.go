@@ -238,6 +238,7 @@ func (c *Cache) upstreamCall(ctx context.Context, k Key) (Token, error) {
 	if tok.IssuedAt.IsZero() {
 		tok.IssuedAt = sent
 	}
+	tok.Rendered = new(Rendered)
 	return tok, nil
 }
 

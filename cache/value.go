@@ -2,6 +2,7 @@ package cache
 
 import (
 	"encoding/json"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokencache/tokencache/polyv"
@@ -17,6 +18,31 @@ type Token struct {
 	ChatDomain       string `json:"chatDomain,omitempty"`
 	// IssuedAt is when the Polyv call was sent.
 	IssuedAt time.Time `json:"issuedAt"`
+	// Rendered is shared by every copy of this token while it is cached,
+	// so that a caller can encode it once (as an HTTP body) and reuse that.
+	Rendered *Rendered `json:"-"`
+}
+
+// Rendered holds one rendering of a token, computed by whoever needs it
+// first. The zero value is empty; a nil *Rendered stays empty.
+type Rendered struct{ p atomic.Pointer[[]byte] }
+
+// Load returns the rendering, or nil.
+func (r *Rendered) Load() []byte {
+	if r == nil {
+		return nil
+	}
+	if b := r.p.Load(); b != nil {
+		return *b
+	}
+	return nil
+}
+
+// Store keeps b as the rendering.
+func (r *Rendered) Store(b []byte) {
+	if r != nil {
+		r.p.Store(&b)
+	}
 }
 
 // ExpiresAt is when Polyv stops accepting the token.
@@ -64,6 +90,9 @@ func decodeEntry(b []byte) (e entry, ok bool) {
 	}
 	if e.Token != nil && (e.Token.Token == "" || e.Token.IssuedAt.IsZero()) {
 		return entry{}, false
+	}
+	if e.Token != nil {
+		e.Token.Rendered = new(Rendered)
 	}
 	return e, true
 }

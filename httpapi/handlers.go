@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"encoding/json"
 	"math"
 	"net/http"
 	"strconv"
@@ -63,20 +64,32 @@ func (s *server) getChatToken(c echo.Context) error {
 	if err := checkScope(c, req); err != nil {
 		return err
 	}
-	ctx, cancel, err := s.deadline(c, callerContext(c, RouteGet, false), s.opts.RequestTimeout)
+	limit, err := s.limit(c, s.opts.RequestTimeout)
 	if err != nil {
 		return err
 	}
-	defer cancel()
 	k := cache.ChatKey(req.ChannelID, req.UserID, req.Role, req.Origin)
-	tok, res, err := s.opts.Cache.Get(ctx, k)
+	// A token in memory needs no deadline: only a miss gets a context.
+	tok, res, ok, err := s.opts.Cache.Peek(k)
+	if !ok {
+		ctx, cancel := context.WithTimeout(callerContext(c, RouteGet, false), limit)
+		defer cancel()
+		tok, res, err = s.opts.Cache.Get(ctx, k)
+	}
 	s.opts.Auditor.served(c, RouteGet, k, res, err)
-	c.Response().Header().Set("Cache-Status", cacheStatus(res))
+	h := c.Response().Header()
+	h.Set("Cache-Status", cacheStatus(res))
 	if err != nil {
 		return err
 	}
-	c.Response().Header().Set("Cache-Control", "no-store")
-	return c.JSON(http.StatusOK, newChatTokenBody(req, tok))
+	h.Set("Cache-Control", "no-store")
+	// The body is encoded once per cached token, then reused.
+	body := tok.Rendered.Load()
+	if body == nil {
+		body, _ = json.Marshal(newChatTokenBody(req, tok)) // strings and times cannot fail
+		tok.Rendered.Store(body)
+	}
+	return c.JSONBlob(http.StatusOK, body)
 }
 
 func (s *server) deleteChatToken(c echo.Context) error {
@@ -249,15 +262,24 @@ const requestTimeoutHeader = "Request-Timeout"
 // deadline bounds a request by the smaller of limit and the caller's
 // Request-Timeout, so that no work goes on after the caller has given up.
 func (s *server) deadline(c echo.Context, ctx context.Context, limit time.Duration) (context.Context, context.CancelFunc, error) {
+	limit, err := s.limit(c, limit)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	return ctx, cancel, nil
+}
+
+// limit is the smaller of limit and the caller's Request-Timeout.
+func (s *server) limit(c echo.Context, limit time.Duration) (time.Duration, error) {
 	if v := c.Request().Header.Get(requestTimeoutHeader); v != "" {
 		secs, err := strconv.ParseFloat(v, 64)
 		if err != nil || secs <= 0 || math.IsInf(secs, 0) || math.IsNaN(secs) {
-			return nil, nil, invalid(requestTimeoutHeader, "Request-Timeout must be a positive number of seconds, such as 2 or 0.5")
+			return 0, invalid(requestTimeoutHeader, "Request-Timeout must be a positive number of seconds, such as 2 or 0.5")
 		}
 		if secs < limit.Seconds() {
 			limit = time.Duration(secs * float64(time.Second))
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	return ctx, cancel, nil
+	return limit, nil
 }

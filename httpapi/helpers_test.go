@@ -31,6 +31,10 @@ type fakeCache struct {
 
 var _ TokenCache = (*fakeCache)(nil)
 
+func (f *fakeCache) Peek(cache.Key) (cache.Token, cache.Result, bool, error) {
+	return cache.Token{}, "", false, nil
+}
+
 func (f *fakeCache) Get(ctx context.Context, k cache.Key) (cache.Token, cache.Result, error) {
 	f.calls.Add(1)
 	if d, ok := ctx.Deadline(); ok {

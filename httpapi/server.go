@@ -22,6 +22,8 @@ import (
 
 // TokenCache is what the API needs from the cache.
 type TokenCache interface {
+	// Peek answers from memory, with ok false when Get must be called.
+	Peek(k cache.Key) (cache.Token, cache.Result, bool, error)
 	Get(ctx context.Context, k cache.Key) (cache.Token, cache.Result, error)
 	Delete(ctx context.Context, k cache.Key) error
 	Ready(ctx context.Context) error
