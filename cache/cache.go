@@ -42,6 +42,7 @@ type rediser interface {
 	Del(ctx context.Context, keys ...string) *redis.IntCmd
 	Publish(ctx context.Context, channel string, message any) *redis.IntCmd
 	Subscribe(ctx context.Context, channels ...string) *redis.PubSub
+	Pipeline() redis.Pipeliner
 	Ping(ctx context.Context) *redis.StatusCmd
 	AddHook(hook redis.Hook)
 }
@@ -161,6 +162,7 @@ type Cache struct {
 	id       string // tells this instance's pub/sub messages from others'
 
 	sealer      *sealer                   // nil when encryption is off
+	gets        *getBatcher               // the hit path's GETs, pipelined
 	local       *lru.Cache[string, entry] // nil when off
 	localGens   generations
 	refreshGate *lru.Cache[string, refreshState]
@@ -211,6 +213,7 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 		c.local, _ = lru.New[string, entry](opts.LocalSize) // errors only for size <= 0
 	}
 	c.refreshGate, _ = lru.New[string, refreshState](10000)
+	c.gets = &getBatcher{rdb: rdb, timeout: 2 * time.Second}
 	c.breaker = newBreaker(opts, c.metrics)
 	rdb.AddHook(breakerHook{cb: c.breaker, metrics: c.metrics})
 	c.fleetLimiter = redis_rate.NewLimiter(limiterKeys{rdb})
@@ -330,7 +333,7 @@ func (c *Cache) redisUsable() bool { return c.breaker.State() != gobreaker.State
 // redisGet reads and decodes a value. An entry that cannot be trusted or has
 // outlived its time is reported as not found.
 func (c *Cache) redisGet(ctx context.Context, key string) (entry, bool, error) {
-	b, err := c.rdb.Get(ctx, key).Bytes()
+	b, err := c.gets.get(ctx, key)
 	if errors.Is(err, redis.Nil) {
 		return entry{}, false, nil
 	}

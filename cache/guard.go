@@ -72,9 +72,16 @@ func (h breakerHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	}
 }
 
-// ProcessPipelineHook leaves pipelines alone: the cache sends none.
+// ProcessPipelineHook runs pipelines (the batched GETs) through the breaker
+// too.
 func (h breakerHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if ctx.Value(insideBreaker{}) != nil {
+			return next(ctx, cmds)
+		}
+		ctx = context.WithValue(ctx, insideBreaker{}, true)
+		return h.guard(ctx, func() error { return next(ctx, cmds) })
+	}
 }
 
 // insideBreaker marks a context already guarded: go-redis sends a new
