@@ -88,6 +88,9 @@ type Options struct {
 	// BreakerOpenFor is how long the open circuit skips Redis before it
 	// probes again; it defaults to 5s.
 	BreakerOpenFor time.Duration
+	// OnCircuitChange, if set, is told each time the Redis circuit breaker
+	// changes state: "closed", "open" or "half-open".
+	OnCircuitChange func(from, to string)
 	// OnFetch, if set, is called after every Polyv call with the caller's
 	// ctx (see CallerFrom; a background refresh has no caller), the key, and
 	// the outcome: "ok" or the error's polyv.Kind. The audit trail uses it.

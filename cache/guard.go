@@ -31,11 +31,14 @@ func newBreaker(o Options, m *Metrics) *gobreaker.CircuitBreaker[struct{}] {
 		IsSuccessful: func(err error) bool { return err == nil || !isOutage(err) },
 		// A caller that gave up, or whose deadline ended, says nothing about Redis.
 		IsExcluded: func(err error) bool { return errors.Is(err, errCallerGone) },
-		OnStateChange: func(_ string, _, to gobreaker.State) {
+		OnStateChange: func(_ string, from, to gobreaker.State) {
 			if to == gobreaker.StateClosed {
 				m.redisCircuitOpen.Set(0)
 			} else {
 				m.redisCircuitOpen.Set(1)
+			}
+			if o.OnCircuitChange != nil {
+				o.OnCircuitChange(from.String(), to.String())
 			}
 		},
 	})

@@ -16,7 +16,11 @@ func TestRedisDownAndBack(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	up := &fakeUpstream{delay: 50 * time.Millisecond}
-	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.RateLimit = 1000 }))
+	var transitions stringSet
+	c := newCache(t, rdb, up, testOptions(func(o *Options) {
+		o.RateLimit = 1000
+		o.OnCircuitChange = func(from, to string) { transitions.add(from + "->" + to) }
+	}))
 	ctx := context.Background()
 	warm, _, err := c.Get(ctx, viewerKey)
 	if err != nil {
@@ -75,6 +79,14 @@ func TestRedisDownAndBack(t *testing.T) {
 	})
 	if c.RedisCircuit() != "closed" {
 		t.Errorf("circuit = %s after recovery, want closed", c.RedisCircuit())
+	}
+	for _, want := range []string{"closed->open", "half-open->closed"} {
+		transitions.mu.Lock()
+		seen := transitions.m[want]
+		transitions.mu.Unlock()
+		if !seen {
+			t.Errorf("OnCircuitChange never reported %s: %v", want, transitions.m)
+		}
 	}
 	if err := c.Ready(ctx); err != nil {
 		t.Errorf("Ready() after recovery = %v", err)

@@ -128,6 +128,9 @@ func (s *server) getChannelToken(c echo.Context) error {
 	if err := validateChannelID(channelID); err != nil {
 		return err
 	}
+	if err := onlyParams(c.QueryParams()); err != nil {
+		return err
+	}
 	if err := checkChannel(c, channelID); err != nil {
 		return err
 	}

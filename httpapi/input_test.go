@@ -14,6 +14,7 @@ func TestTighterInput(t *testing.T) {
 	for _, tt := range []struct {
 		name, target, body, field, message string
 	}{
+		{"typo in origin", "/v1/channels/1/chat-token?userId=u&role=viewer&orign=web", "", "orign", "unknown query parameter"},
 		{"blank userId", "/v1/channels/1/chat-token?userId=%20%20&role=viewer", "", "userId", "not white space"},
 		{"zero-width space", "/v1/channels/1/chat-token?userId=a%E2%80%8Bb&role=viewer", "", "userId", "format characters"},
 		{"bidi override", "/v1/channels/1/chat-token?userId=%E2%80%AEabc&role=viewer", "", "userId", "format characters"},

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"fmt"
 	"net/url"
 	"slices"
 	"strings"
@@ -90,6 +91,21 @@ func hasControl(s string) bool {
 	return false
 }
 
+// onlyParams refuses a query parameter not in known: a typo such as
+// orign=web must not quietly issue a token without an origin.
+func onlyParams(q url.Values, known ...string) error {
+	for name := range q {
+		if !slices.Contains(known, name) {
+			msg := fmt.Sprintf("unknown query parameter %q", capped(name))
+			if len(known) > 0 {
+				msg += "; the parameters are " + strings.Join(known, ", ")
+			}
+			return invalid(capped(name), msg)
+		}
+	}
+	return nil
+}
+
 // queryValue returns a query parameter that may appear at most once.
 func queryValue(q url.Values, name string) (string, error) {
 	v := q[name]
@@ -105,6 +121,9 @@ func queryValue(q url.Values, name string) (string, error) {
 // chatRequestFromQuery reads and validates channelId from the path and
 // userId, role and origin from the query.
 func chatRequestFromQuery(channelID string, q url.Values) (tokenRequest, error) {
+	if err := onlyParams(q, "userId", "role", "origin"); err != nil {
+		return tokenRequest{}, err
+	}
 	r := tokenRequest{ChannelID: channelID}
 	var err error
 	for _, f := range []struct {

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -66,6 +67,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("configuration:\n%w", err)
 	}
 	log := newLogger(cfg, stderr)
+	routeRedisLog.Do(func() { redis.SetLogger(redisLogger{log}) })
 
 	var cleanup []func()
 	defer func() {
@@ -120,6 +122,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Prefix: cfg.KeyPrefix, TTL: cfg.TTL, RefreshAfter: cfg.RefreshAfter, NegativeTTL: cfg.NegativeTTL,
 		LocalSize: localSize, RateLimit: cfg.RateLimit, BulkShare: cfg.BulkShare, Metrics: metrics, EncryptionKeys: cfg.EncryptionKeys,
 		FillTimeout: 3*cfg.PolyvTimeout + time.Second, OnFetch: auditor.Fetch,
+		OnCircuitChange: func(from, to string) {
+			switch to {
+			case "open":
+				log.Warn("Redis circuit open: serving from the local cache and Polyv until Redis answers", "from", from)
+			case "closed":
+				log.Info("Redis circuit closed: using Redis again", "from", from)
+			}
+		},
 	})
 	if err != nil {
 		return err
@@ -203,6 +213,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// routeRedisLog sets go-redis's logger, a global, once per process.
+var routeRedisLog sync.Once
+
+// redisLogger routes go-redis's own messages (dial failures, pool and
+// pub/sub trouble) into the service's structured log, at warn.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, "redis client: "+fmt.Sprintf(format, v...), "component", "go-redis")
 }
 
 // newServer returns an HTTP server of h with timeouts on every phase.
