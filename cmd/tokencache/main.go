@@ -297,7 +297,7 @@ func startDemo(cfg *Config) (stop func(), err error) {
 
 // keysCheckEvery is how often the keys file is checked for a change, so that
 // a mounted Kubernetes Secret, which changes without a signal, is picked up.
-const keysCheckEvery = 3 * time.Second
+var keysCheckEvery = 3 * time.Second
 
 // reloadKeys reloads the API keys file on SIGHUP and whenever its content
 // changes, until ctx ends. A broken file keeps the keys in force and logs one

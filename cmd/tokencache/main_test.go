@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -425,5 +426,42 @@ func TestKeysFileReload(t *testing.T) {
 	}
 	if n := strings.Count(stderr.String(), "API keys file not reloaded"); n != 1 {
 		t.Errorf("%d reload errors logged for one broken file, want 1", n)
+	}
+}
+
+// SIGHUP reloads the keys file at once; the periodic check is off here.
+func TestKeysReloadOnSIGHUP(t *testing.T) {
+	defer func(d time.Duration) { keysCheckEvery = d }(keysCheckEvery)
+	keysCheckEvery = time.Hour
+	keysFile := t.TempDir() + "/keys.yaml"
+	os.WriteFile(keysFile, []byte("keys:\n  - {name: old, key: old-key}\n"), 0o600)
+	url, _, _, _ := startRun(t, []string{"-demo"}, map[string]string{"TOKENCACHE_ADDR": "127.0.0.1:0", "TOKENCACHE_API_KEYS_FILE": keysFile})
+	status := func(key string) int {
+		req, _ := http.NewRequest("GET", url+"/v1/channels/2094979/chat-token?userId=u&role=viewer", nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	os.WriteFile(keysFile, []byte("keys:\n  - {name: hup, key: hup-key}\n"), 0o600)
+	time.Sleep(200 * time.Millisecond)
+	if status("hup-key") != 401 {
+		t.Fatal("the keys were reloaded without a signal")
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for status("hup-key") != 200 {
+		if time.Now().After(deadline) {
+			t.Fatal("SIGHUP did not reload the keys")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if status("old-key") != 401 {
+		t.Error("the old key works after the reload")
 	}
 }
