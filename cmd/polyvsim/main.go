@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/cli"
+
 	"github.com/tokencache/tokencache/internal/healthcheck"
 	"github.com/tokencache/tokencache/polyv/polyvsim"
 )
@@ -23,15 +26,28 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv); err != nil {
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout)
+	if err != nil && !errors.Is(err, cli.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "polyvsim:", err)
-		os.Exit(1)
 	}
+	os.Exit(cli.ExitCode(err))
 }
 
-func run(ctx context.Context, args []string, getenv func(string) string) error {
+const usage = `usage: polyvsim [flags]
+       polyvsim healthcheck [-addr host:port]
+
+Serves Polyv's get-chat-token and get-token endpoints with Polyv's checks, and
+GET /stats (call counts), GET /issued (tokens issued), POST /control (change
+latency, errorRate, rateLimit or illegalChannels at run time, as JSON).`
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	if len(args) > 0 && args[0] == "healthcheck" {
-		return healthcheck.Probe(ctx, "http://127.0.0.1"+envOr(getenv, "POLYVSIM_ADDR", ":8090")+"/stats")
+		fs := flag.NewFlagSet("polyvsim healthcheck", flag.ContinueOnError)
+		addr := fs.String("addr", envOr(getenv, "POLYVSIM_ADDR", ":8090"), "address of the simulator to probe (env POLYVSIM_ADDR)")
+		if err := cli.Parse(fs, args[1:], stdout, "usage: polyvsim healthcheck [-addr host:port]"); err != nil {
+			return err
+		}
+		return healthcheck.Probe(ctx, "http://"+healthcheck.Dialable(*addr)+"/stats")
 	}
 	fs := flag.NewFlagSet("polyvsim", flag.ContinueOnError)
 	appID := fs.String("app-id", envOr(getenv, "POLYV_APP_ID", "sim-app"), "appId to accept (env POLYV_APP_ID)")
@@ -41,11 +57,11 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	errorRate := fs.Float64("error-rate", 0, "fraction of calls answered with 500 fail (0..1)")
 	rateLimit := fs.Int("rate-limit", 0, "calls per second before Polyv's qps error (0 = none)")
 	illegal := fs.String("illegal-channels", "", "comma-separated channelIds answered with 'illegal channel id'")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, usage); err != nil {
 		return err
 	}
 	if *errorRate < 0 || *errorRate > 1 {
-		return fmt.Errorf("-error-rate %v is not between 0 and 1", *errorRate)
+		return &cli.UsageError{Msg: fmt.Sprintf("-error-rate %v is not between 0 and 1", *errorRate)}
 	}
 	var illegalIDs []string
 	if *illegal != "" {

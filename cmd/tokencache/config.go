@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/cli"
+
 	"github.com/tokencache/tokencache/cache"
 	"github.com/tokencache/tokencache/httpapi"
 	"github.com/tokencache/tokencache/internal/redisconn"
@@ -113,13 +115,19 @@ func (c *Config) settings() []setting {
 	}
 }
 
+const usage = `usage: tokencache [flags]
+       tokencache healthcheck [-addr host:port]
+
+Serves Polyv chat tokens from a Redis-backed cache. Every flag also has an
+environment variable, named in its help; -demo runs with no Polyv account
+and no Redis.`
+
 // loadConfig reads the environment, then the flags, then secret files, and
 // validates. The error lists every problem, one per line.
-func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
+func loadConfig(args []string, getenv func(string) string, stdout io.Writer) (Config, error) {
 	var c Config
 	var problems []string
 	fs := flag.NewFlagSet("tokencache", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	for _, s := range c.settings() {
 		// The flag is registered at the built-in default, so that usage
 		// never shows a value from the environment, where secrets live.
@@ -132,7 +140,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 		}
 	}
 	fs.BoolVar(&c.Demo, "demo", false, "start an in-process Polyv simulator and embedded Redis, with generated credentials")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, usage); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {

@@ -12,6 +12,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,6 +24,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tokencache/tokencache/internal/cli"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,10 +43,11 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	if err != nil && !errors.Is(err, cli.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "tokencache:", err)
-		os.Exit(1)
 	}
+	os.Exit(cli.ExitCode(err))
 }
 
 // bulkTimeout bounds a bulk request; the server's write timeout leaves room for it.
@@ -53,16 +57,25 @@ const bulkTimeout = 120 * time.Second
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "healthcheck" {
 		// The admin listener, when set, is where /healthz lives.
-		addr := getenv("TOKENCACHE_ADMIN_ADDR")
-		if addr == "" {
-			addr = getenv("TOKENCACHE_ADDR")
+		def := getenv("TOKENCACHE_ADMIN_ADDR")
+		if def == "" {
+			def = getenv("TOKENCACHE_ADDR")
 		}
-		if addr == "" {
-			addr = ":8080"
+		if def == "" {
+			def = ":8080"
 		}
-		return healthcheck.Probe(ctx, "http://"+dialable(addr)+"/healthz")
+		fs := flag.NewFlagSet("tokencache healthcheck", flag.ContinueOnError)
+		addr := fs.String("addr", def, "address whose /healthz to probe (env TOKENCACHE_ADMIN_ADDR, else TOKENCACHE_ADDR)")
+		if err := cli.Parse(fs, args[1:], stdout, "usage: tokencache healthcheck [-addr host:port]"); err != nil {
+			return err
+		}
+		return healthcheck.Probe(ctx, "http://"+dialable(*addr)+"/healthz")
 	}
-	cfg, err := loadConfig(args, getenv, stderr)
+	cfg, err := loadConfig(args, getenv, stdout)
+	var usageErr *cli.UsageError
+	if errors.Is(err, cli.ErrHelp) || errors.As(err, &usageErr) {
+		return err
+	}
 	if err != nil {
 		return fmt.Errorf("configuration:\n%w", err)
 	}
@@ -348,16 +361,7 @@ func auditKey(secret polyv.Secret) []byte {
 }
 
 // dialable turns a listen address into one a client can dial.
-func dialable(addr string) string {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
-		host = "127.0.0.1"
-	}
-	return net.JoinHostPort(host, port)
-}
+func dialable(addr string) string { return healthcheck.Dialable(addr) }
 
 func randomHex(n int) string {
 	b := make([]byte, n)

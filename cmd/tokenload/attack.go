@@ -16,6 +16,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/cli"
+
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
@@ -52,7 +54,6 @@ type attackReport struct {
 
 func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tokenload attack", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	targets := fs.String("targets", "http://127.0.0.1:8080", "comma-separated tokencache base URLs, used round-robin")
 	key := fs.String("key", os.Getenv("TOKENLOAD_API_KEY"), "API key (env TOKENLOAD_API_KEY)")
 	rate := fs.Int("rate", 200, "requests per second; 0 sends as fast as -max-workers allow")
@@ -72,7 +73,7 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	output := fs.String("output", "", "write the results in vegeta's binary format, for `vegeta report` and `vegeta plot`")
 	name := fs.String("name", "tokenload", "attack name in the results")
 	quiet := fs.Bool("quiet", false, "no live progress line")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, ""); err != nil {
 		return err
 	}
 	roles, err := parseRoleMix(*roleMix)

@@ -12,18 +12,19 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/cli"
+
 	"github.com/labstack/echo/v4"
 )
 
 // baselineCmd serves one static JSON body on the token route from a bare echo
 // instance: no auth, cache or logging. It is the ceiling any echo service
 // reaches on this machine, to compare tokencache against.
-func baselineCmd(ctx context.Context, args []string, stderr io.Writer) error {
+func baselineCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tokenload baseline", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:8099", "listen address")
 	bodyFile := fs.String("body-file", "", "file with the JSON body to serve (default: a chat-token-sized body)")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, ""); err != nil {
 		return err
 	}
 	body := []byte(`{"channelId":"load-0","userId":"user-0","role":"viewer","origin":"web","token":"` + strings.Repeat("0", 32) +

@@ -9,17 +9,18 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/tokencache/tokencache/internal/cli"
 )
 
 // compareCmd prints attack reports side by side, with each one's throughput
 // as a ratio of the first (the baseline) measured in the same run.
 func compareCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tokenload compare", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	markdown := fs.Bool("markdown", false, "print a Markdown table")
 	missLatency := fs.Duration("sim-latency", 0, "simulator latency of the miss run, to report the miss overhead")
 	missName := fs.String("miss", "", "label of the miss run")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, ""); err != nil {
 		return err
 	}
 	if fs.NArg() == 0 {

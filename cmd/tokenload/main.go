@@ -10,20 +10,24 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/tokencache/tokencache/internal/cli"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	if err != nil && !errors.Is(err, cli.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "tokenload:", err)
-		os.Exit(1)
 	}
+	os.Exit(cli.ExitCode(err))
 }
 
 const usage = `usage: tokenload <command> [flags]
@@ -38,8 +42,7 @@ Run "tokenload <command> -h" for its flags.`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, usage)
-		return fmt.Errorf("no command")
+		return &cli.UsageError{Msg: "no command; run 'tokenload -h' for help"}
 	}
 	switch args[0] {
 	case "attack":
@@ -47,13 +50,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "warm":
 		return warmCmd(ctx, args[1:], stdout, stderr)
 	case "baseline":
-		return baselineCmd(ctx, args[1:], stderr)
+		return baselineCmd(ctx, args[1:], stdout, stderr)
 	case "compare":
 		return compareCmd(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(stdout, usage)
-		return nil
+		return cli.ErrHelp
+	case "-version", "--version", "version":
+		fmt.Fprintln(stdout, "tokenload", cli.Version())
+		return cli.ErrHelp
 	}
-	fmt.Fprintln(stderr, usage)
-	return fmt.Errorf("unknown command %q", args[0])
+	return &cli.UsageError{Msg: fmt.Sprintf("unknown command %q; run 'tokenload -h' for help", args[0])}
 }

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tokencache/tokencache/internal/cli"
 )
 
 // poolEntry is one line of the token pool: the chat-token body as served.
@@ -35,7 +37,6 @@ type failure struct {
 
 func warmCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tokenload warm", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	target := fs.String("target", "http://127.0.0.1:8080", "tokencache base URL")
 	key := fs.String("key", os.Getenv("TOKENLOAD_API_KEY"), "API key (env TOKENLOAD_API_KEY)")
 	input := fs.String("input", "", "identities to warm: JSONL {channelId,userId,role,origin} or CSV channelId,userId,role[,origin]; - for stdin")
@@ -47,7 +48,7 @@ func warmCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	batch := fs.Int("batch", 500, "identities per bulk request (at most 1000)")
 	concurrency := fs.Int("concurrency", 2, "bulk requests in flight")
 	quiet := fs.Bool("quiet", false, "no progress bar")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, ""); err != nil {
 		return err
 	}
 	if *batch < 1 || *batch > 1000 {
