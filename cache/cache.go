@@ -14,6 +14,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -177,6 +178,7 @@ type Cache struct {
 	queues       sync.Map   // per-caller limits: name@rate -> *slotQueue
 	queued       sync.Map   // value key -> struct{}: fills waiting for a slot now
 	breaker      *gobreaker.CircuitBreaker[struct{}]
+	polyvState   atomic.Value // string: the latest Polyv call's outcome
 
 	events *events
 
@@ -330,6 +332,26 @@ func (c *Cache) Ready(ctx context.Context) error {
 // RedisCircuit returns the Redis circuit breaker's state: "closed" when Redis
 // is in use, "open" while it is skipped, "half-open" while it is probed.
 func (c *Cache) RedisCircuit() string { return c.breaker.State().String() }
+
+// The states PolyvState reports.
+const (
+	PolyvUnknown       = "unknown"       // no call yet
+	PolyvOK            = "ok"            // the last call was answered
+	PolyvMisconfigured = "misconfigured" // Polyv refused our credentials, signature or clock
+	PolyvUnavailable   = "unavailable"   // the last call failed: 5xx, rate limit, timeout, network
+)
+
+// PolyvState is the outcome of the latest Polyv call.
+func (c *Cache) PolyvState() string {
+	if s, ok := c.polyvState.Load().(string); ok {
+		return s
+	}
+	return PolyvUnknown
+}
+
+// RecordPolyvCheck records the outcome of a Polyv call made outside the
+// cache, such as the start-up check.
+func (c *Cache) RecordPolyvCheck(err error) { c.polyvState.Store(polyvStateOf(err)) }
 
 func (c *Cache) redisUsable() bool { return c.breaker.State() != gobreaker.StateOpen }
 

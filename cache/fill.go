@@ -207,6 +207,7 @@ func (c *Cache) callUpstream(ctx context.Context, k Key) (Token, error) {
 		outcome = polyv.Classify(r.err).String()
 	}
 	c.metrics.upstreamRequests.WithLabelValues(endpoint, outcome).Inc()
+	c.polyvState.Store(polyvStateOf(r.err))
 	if c.opts.OnFetch != nil {
 		c.opts.OnFetch(ctx, k, outcome)
 	}
@@ -273,4 +274,16 @@ func (c *Cache) rememberChannelRejection(ctx context.Context, k Key, err error, 
 	if fleet {
 		_ = c.rdb.Set(ctx, key, c.encode(key, e), c.opts.NegativeTTL).Err()
 	}
+}
+
+// polyvStateOf sorts the outcome of a Polyv call for /readyz: a rejection of
+// the request still shows Polyv answering with our credentials.
+func polyvStateOf(err error) string {
+	switch polyv.Classify(err) {
+	case polyv.KindNone, polyv.KindRejected, polyv.KindCanceled:
+		return PolyvOK
+	case polyv.KindMisconfigured:
+		return PolyvMisconfigured
+	}
+	return PolyvUnavailable
 }

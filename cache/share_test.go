@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tokencache/tokencache/polyv"
 )
 
 // Two callers' bulk prefetches running flat out leave room for a third
@@ -97,6 +99,31 @@ func TestOnFetchSeesEveryPolyvCall(t *testing.T) {
 	for _, s := range seen {
 		if !strings.HasPrefix(s, "web ") || !strings.HasSuffix(s, " ok") {
 			t.Errorf("OnFetch saw %q, want the caller and the outcome", s)
+		}
+	}
+}
+
+func TestPolyvState(t *testing.T) {
+	rdb, _ := backends()[0].open(t)
+	up := &fakeUpstream{}
+	c := newCache(t, rdb, up, testOptions(nil))
+	ctx := context.Background()
+	if got := c.PolyvState(); got != PolyvUnknown {
+		t.Errorf("before any call: %s", got)
+	}
+	for i, tt := range []struct {
+		err  error
+		want string
+	}{
+		{nil, PolyvOK},
+		{&polyv.APIError{Code: 403, Message: "invalid signature."}, PolyvMisconfigured},
+		{&polyv.APIError{Code: 403, Message: "illegal channel id: 1"}, PolyvOK},
+		{&polyv.APIError{Code: 500, Message: "fail"}, PolyvUnavailable},
+	} {
+		up.setErr(tt.err)
+		_, _, _ = c.Get(ctx, ChatKey(fmt.Sprint("c", i), "u", "viewer", "")) // a channel each: a rejection is per channel
+		if got := c.PolyvState(); got != tt.want {
+			t.Errorf("after %v: PolyvState() = %s, want %s", tt.err, got, tt.want)
 		}
 	}
 }

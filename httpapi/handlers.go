@@ -243,6 +243,7 @@ func (s *server) readyz(c echo.Context) error {
 		"redisCircuit":  s.opts.Cache.RedisCircuit(),
 		"embeddedRedis": s.opts.EmbeddedRedis,
 		"config":        "ok",
+		"polyv":         s.opts.Cache.PolyvState(),
 	}
 	if err := s.opts.Cache.Ready(ctx); err != nil {
 		body["status"] = "degraded"

@@ -57,6 +57,7 @@ func (f *fakeCache) Delete(_ context.Context, k cache.Key) error {
 
 func (f *fakeCache) Ready(context.Context) error { return f.ready }
 func (f *fakeCache) RedisCircuit() string        { return "closed" }
+func (f *fakeCache) PolyvState() string          { return "unknown" }
 
 func newTestAPI(tb testing.TB, c TokenCache) *echo.Echo {
 	tb.Helper()

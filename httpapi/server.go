@@ -28,6 +28,7 @@ type TokenCache interface {
 	Delete(ctx context.Context, k cache.Key) error
 	Ready(ctx context.Context) error
 	RedisCircuit() string
+	PolyvState() string
 }
 
 var _ TokenCache = (*cache.Cache)(nil)

@@ -47,6 +47,7 @@ type Config struct {
 	AdminAddr      string
 	Pprof          bool
 	AccessLog      string
+	CheckPolyv     bool
 	RedisTLSCA     string
 	RedisTLSCert   string
 	RedisTLSKey    string
@@ -99,6 +100,7 @@ func (c *Config) settings() []setting {
 		{"TOKENCACHE_TLS_KEY_FILE", "", "private key (PEM) of TOKENCACHE_TLS_CERT_FILE", (*stringValue)(&c.TLSKeyFile)},
 		{"TOKENCACHE_TLS_CLIENT_CA_FILE", "", "CA (PEM) whose client certificates are required (mTLS)", (*stringValue)(&c.TLSClientCA)},
 		{"TOKENCACHE_ADMIN_ADDR", "", "serve /healthz, /readyz and /metrics here only", (*stringValue)(&c.AdminAddr)},
+		{"TOKENCACHE_CHECK_POLYV", "false", "sign one get-token call at start and refuse to start if Polyv rejects the credentials", (*boolValue)(&c.CheckPolyv)},
 		{"TOKENCACHE_PPROF", "false", "serve net/http/pprof under /debug/pprof/ beside /metrics", (*boolValue)(&c.Pprof)},
 		{"REDIS_TLS_CA_FILE", "", "CA (PEM) that signed Redis's certificate, for rediss://", (*stringValue)(&c.RedisTLSCA)},
 		{"REDIS_TLS_CERT_FILE", "", "client certificate (PEM) for Redis", (*stringValue)(&c.RedisTLSCert)},

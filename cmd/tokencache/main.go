@@ -148,6 +148,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	cleanup = append(cleanup, func() { _ = tc.Close() })
+	if cfg.CheckPolyv {
+		if err := checkPolyv(ctx, client, tc, log); err != nil {
+			return err
+		}
+	}
 
 	keys := httpapi.NewKeys(cfg.Keys)
 	if cfg.APIKeysFile != "" {
@@ -225,6 +230,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	}
 	log.Info("stopped")
+	return nil
+}
+
+// checkPolyv signs one get-token call for a channel that does not exist:
+// Polyv's "illegal channel" answer proves the credentials, signature and
+// clock are right. Only a credential error stops the start; Polyv being
+// unreachable is logged and left to /readyz.
+func checkPolyv(ctx context.Context, client *polyv.Client, tc *cache.Cache, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := client.ChannelToken(ctx, "tokencache-check")
+	tc.RecordPolyvCheck(err)
+	switch polyv.Classify(err) {
+	case polyv.KindNone, polyv.KindRejected:
+		log.Info("Polyv accepted the credentials")
+		return nil
+	case polyv.KindMisconfigured:
+		return fmt.Errorf("credentials rejected by Polyv (appId, secret, signature or clock): check POLYV_APP_ID, POLYV_APP_SECRET and the server clock (%w)", err)
+	}
+	log.Warn("Polyv could not be checked at start", "error", err.Error())
 	return nil
 }
 

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"regexp"
@@ -11,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tokencache/tokencache/internal/testcerts"
+	"github.com/tokencache/tokencache/polyv/polyvsim"
 )
 
 // httpsClient trusts certs' CA and, with client set, shows the client
@@ -123,5 +127,28 @@ func TestEncryptionKeysConfig(t *testing.T) {
 	}
 	if err != nil && strings.Contains(err.Error(), "c2VjcmV0LWtleQ") {
 		t.Error("the error quotes a key")
+	}
+}
+
+// -check-polyv refuses to start on wrong credentials; /readyz reports Polyv.
+func TestCheckPolyvAndReadyz(t *testing.T) {
+	sim := polyvsim.NewTestServer(polyvsim.Options{AppID: "app", AppSecret: "right-secret"})
+	t.Cleanup(sim.Close)
+	env := map[string]string{"TOKENCACHE_ADDR": "127.0.0.1:0", "POLYV_APP_ID": "app", "POLYV_APP_SECRET": "wrong-secret",
+		"POLYV_BASE_URL": sim.URL, "TOKENCACHE_API_KEYS": "k", "TOKENCACHE_CHECK_POLYV": "true"}
+	err := run(context.Background(), nil, envFunc(env), io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "credentials rejected by Polyv") || strings.Contains(err.Error(), "wrong-secret") {
+		t.Fatalf("run() with wrong credentials = %v, want a refusal naming the credentials", err)
+	}
+	env["POLYV_APP_SECRET"] = "right-secret"
+	url, _, _, _ := startRun(t, nil, env)
+	var ready struct{ Polyv string }
+	resp, err := http.Get(url + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&ready); err != nil || ready.Polyv != "ok" {
+		t.Errorf("/readyz polyv = %q (%v), want ok after the check", ready.Polyv, err)
 	}
 }
