@@ -223,8 +223,8 @@ type report struct {
 // drill shares: no wrong or empty token, no error off the table.
 func attack(t *testing.T, s *stack, targets string, args ...string) report {
 	t.Helper()
-	base := []string{"attack", "-json", "-quiet", "-targets", targets, "-key", apiKey, "-stats", s.sim.URL,
-		"-channels", "2", "-users", "50", "-popularity", "uniform", "-timeout", "30s"}
+	base := []string{"attack", "-json", "-quiet", "-target", targets, "-key", apiKey, "-stats", s.sim.URL,
+		"-channels", "2", "-users", "50", "-popularity", "uniform", "-timeout", "30s", "-max-error-ratio", "1"}
 	cmd := start(t, "tokenload", nil, append(base, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -57,7 +57,7 @@ wait_http "http://127.0.0.1:$pa/healthz"
 attack() { # name port extra-args...
   local name=$1 p=$2; shift 2
   echo "attack $name ($DURATION, $WORKERS concurrent)..." >&2
-  "$bin/tokenload" attack -quiet -json -name "$name" -targets "http://127.0.0.1:$p" -key bench \
+  "$bin/tokenload" attack -quiet -json -name "$name" -target "http://127.0.0.1:$p" -key bench \
     -rate 0 -workers "$WORKERS" -max-workers "$WORKERS" -duration "$DURATION" \
     -channels $CHANNELS -users $USERS -popularity uniform "$@" >"$work/$name.json"
 }

@@ -50,11 +50,14 @@ type attackReport struct {
 	OffTable     int            `json:"errorsOffTable"`
 	OffTableEg   []string       `json:"errorsOffTableExamples,omitempty"`
 	DistinctKeys int            `json:"distinctKeys"`
+	Seed         uint64         `json:"seed"`
+	Failed       []string       `json:"failedChecks,omitempty"`
 }
 
 func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tokenload attack", flag.ContinueOnError)
-	targets := fs.String("targets", "http://127.0.0.1:8080", "comma-separated tokencache base URLs, used round-robin")
+	var targets targetList
+	fs.Var(&targets, "target", "tokencache base URL, used round-robin; repeat it or separate with commas (default http://127.0.0.1:8080)")
 	key := fs.String("key", os.Getenv("TOKENLOAD_API_KEY"), "API key (env TOKENLOAD_API_KEY)")
 	rate := fs.Int("rate", 200, "requests per second; 0 sends as fast as -max-workers allow")
 	duration := fs.Duration("duration", 10*time.Second, "how long to attack")
@@ -67,8 +70,9 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	popularity := fs.String("popularity", "zipf", "how known users are picked: zipf or uniform")
 	zipfS := fs.Float64("zipf-s", 1.1, "zipf exponent (over 1)")
 	missRatio := fs.Float64("miss-ratio", 0, "fraction of requests for never-seen users (forced misses)")
-	seed := fs.Uint64("seed", uint64(time.Now().UnixNano()), "random seed")
-	stats := fs.String("stats", "", "Polyv simulator base URL: count its calls and check every token against /issued")
+	seed := fs.Uint64("seed", 0, "random seed; 0 picks one, and the report prints it")
+	stats := fs.String("stats", "", "Polyv simulator base URL (a trailing /stats is fine): count its calls and check every token against /issued; unreachable is fatal")
+	maxErrorRatio := fs.Float64("max-error-ratio", 0, "exit non-zero when more than this fraction of requests fail")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	output := fs.String("output", "", "write the results in vegeta's binary format, for `vegeta report` and `vegeta plot`")
 	name := fs.String("name", "tokenload", "attack name in the results")
@@ -76,6 +80,10 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := cli.Parse(fs, args, stdout, ""); err != nil {
 		return err
 	}
+	if *seed == 0 {
+		*seed = uint64(time.Now().UnixNano())
+	}
+	*stats = strings.TrimSuffix(strings.TrimRight(*stats, "/"), "/stats")
 	roles, err := parseRoleMix(*roleMix)
 	if err != nil {
 		return err
@@ -84,17 +92,14 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	bases := splitTargets(*targets)
-	if len(bases) == 0 {
-		return errors.New("-targets is empty")
-	}
+	bases := targets.orDefault()
 	if *rate < 0 || (*rate == 0 && *maxWorkers == 0) {
 		return errors.New("-rate 0 needs -max-workers")
 	}
 
 	var enc vegeta.Encoder
 	if *output != "" {
-		f, err := os.Create(*output)
+		f, err := os.OpenFile(*output, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600) // it holds live tokens
 		if err != nil {
 			return err
 		}
@@ -102,7 +107,16 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		enc = vegeta.NewEncoder(f)
 	}
 
-	simBefore, simErr := simCalls(ctx, *stats)
+	var simBefore int64
+	if *stats != "" {
+		// A check that cannot run must not look like one that passed.
+		if simBefore, err = simCalls(ctx, *stats); err != nil {
+			return fmt.Errorf("-stats %s: %w", *stats, err)
+		}
+		if _, err := simIssued(ctx, *stats); err != nil {
+			return fmt.Errorf("-stats %s: %w", *stats, err)
+		}
+	}
 	promBefore := upstreamFromMetrics(ctx, bases)
 
 	var next atomic.Uint64
@@ -157,20 +171,24 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		LatencyP50Ms: ms(metrics.Latencies.P50), LatencyP99Ms: ms(metrics.Latencies.P99),
 		StatusCodes: metrics.StatusCodes, CacheStatus: chk.cacheStatus, ErrorCodes: chk.errorCodes,
 		Transport: chk.transport, EmptyTokens: chk.empty, OffTable: chk.offTable, OffTableEg: chk.offTableEg,
-		DistinctKeys: len(chk.tokens),
+		DistinctKeys: len(chk.tokens), Seed: *seed,
 	}
 	for e := range transportEg {
 		rep.TransportEg = append(rep.TransportEg, e)
 	}
-	if simErr == nil {
-		if after, err := simCalls(ctx, *stats); err == nil {
-			n := after - simBefore
-			rep.UpstreamSim = &n
+	if *stats != "" {
+		after, err := simCalls(ctx, *stats)
+		if err != nil {
+			return fmt.Errorf("-stats %s after the attack: %w", *stats, err)
 		}
-		if issued, err := simIssued(ctx, *stats); err == nil {
-			wrong, eg := chk.wrongTokens(issued)
-			rep.WrongTokens, rep.WrongEg = &wrong, eg
+		n := after - simBefore
+		rep.UpstreamSim = &n
+		issued, err := simIssued(ctx, *stats)
+		if err != nil {
+			return fmt.Errorf("-stats %s after the attack: %w", *stats, err)
 		}
+		wrong, eg := chk.wrongTokens(issued)
+		rep.WrongTokens, rep.WrongEg = &wrong, eg
 	}
 	if promBefore != nil {
 		if after := upstreamFromMetrics(ctx, bases); after != nil {
@@ -178,13 +196,58 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			rep.UpstreamProm = &n
 		}
 	}
+	rep.Failed = failedChecks(rep, *maxErrorRatio)
 	if *asJSON {
 		e := json.NewEncoder(stdout)
 		e.SetIndent("", "  ")
-		return e.Encode(rep)
+		if err := e.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		printReport(stdout, rep)
 	}
-	printReport(stdout, rep)
+	if len(rep.Failed) > 0 {
+		return fmt.Errorf("checks failed: %s", strings.Join(rep.Failed, "; "))
+	}
 	return nil
+}
+
+// failedChecks names each check the attack failed.
+func failedChecks(r attackReport, maxErrorRatio float64) []string {
+	var failed []string
+	if errRatio := 1 - r.Success; errRatio > maxErrorRatio {
+		failed = append(failed, fmt.Sprintf("error ratio %.4f over -max-error-ratio %g", errRatio, maxErrorRatio))
+	}
+	if r.EmptyTokens > 0 {
+		failed = append(failed, fmt.Sprintf("%d empty tokens", r.EmptyTokens))
+	}
+	if r.OffTable > 0 {
+		failed = append(failed, fmt.Sprintf("%d errors off the error table", r.OffTable))
+	}
+	if r.WrongTokens != nil && *r.WrongTokens > 0 {
+		failed = append(failed, fmt.Sprintf("%d tokens Polyv never issued for their key", *r.WrongTokens))
+	}
+	return failed
+}
+
+// targetList is -target: repeatable, and comma-separated within one.
+type targetList []string
+
+func (t *targetList) String() string { return strings.Join(*t, ",") }
+func (t *targetList) Set(s string) error {
+	add := splitTargets(s)
+	if len(add) == 0 {
+		return errors.New("empty target")
+	}
+	*t = append(*t, add...)
+	return nil
+}
+
+func (t targetList) orDefault() []string {
+	if len(t) == 0 {
+		return []string{"http://127.0.0.1:8080"}
+	}
+	return t
 }
 
 func printReport(w io.Writer, r attackReport) {
@@ -212,6 +275,7 @@ func printReport(w io.Writer, r attackReport) {
 		check += fmt.Sprintf(", tokens Polyv never issued for their key %d", *r.WrongTokens)
 	}
 	fmt.Fprintf(tw, "checks\t%s\n", check)
+	fmt.Fprintf(tw, "seed\t%d (rerun the same mix with -seed %d)\n", r.Seed, r.Seed)
 	for _, eg := range r.OffTableEg {
 		fmt.Fprintf(tw, "  off the table\t%s\n", eg)
 	}

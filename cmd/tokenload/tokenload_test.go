@@ -174,7 +174,7 @@ func TestAttackReport(t *testing.T) {
 	api, sim := startService(t)
 	out := filepath.Join(t.TempDir(), "results.bin")
 	var stdout, stderr bytes.Buffer
-	err := attackCmd(context.Background(), []string{"-targets", api, "-key", "k", "-rate", "200", "-duration", "1s",
+	err := attackCmd(context.Background(), []string{"-target", api, "-key", "k", "-rate", "200", "-duration", "1s",
 		"-channels", "2", "-users", "20", "-miss-ratio", "0.2", "-stats", sim, "-json", "-quiet", "-output", out}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("attack: %v\n%s", err, stderr.String())
@@ -191,6 +191,12 @@ func TestAttackReport(t *testing.T) {
 	}
 	if r.UpstreamSim == nil || *r.UpstreamSim != int64(r.CacheStatus["fwd=miss; stored"]) {
 		t.Errorf("upstream calls %v, stored misses %d", r.UpstreamSim, r.CacheStatus["fwd=miss; stored"])
+	}
+	if r.Seed == 0 {
+		t.Error("the report does not give the seed")
+	}
+	if fi, err := os.Stat(out); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("results file mode %v (%v), want 0600: it holds live tokens", fi.Mode().Perm(), err)
 	}
 	// The results file is vegeta's own format.
 	f, _ := os.Open(out)
@@ -209,4 +215,38 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// An attack that cannot lie: a dead -stats is fatal before any request, a
+// trailing /stats is fine, and failures above -max-error-ratio make an error.
+func TestAttackCannotLie(t *testing.T) {
+	api, sim := startService(t)
+	attack := func(extra ...string) (attackReport, error) {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"-target", api, "-rate", "100", "-duration", "300ms", "-channels", "1", "-users", "5", "-json", "-quiet"}, extra...)
+		err := attackCmd(context.Background(), args, &stdout, &stderr)
+		var r attackReport
+		_ = json.Unmarshal(stdout.Bytes(), &r)
+		return r, err
+	}
+	if r, err := attack("-key", "k", "-stats", "http://127.0.0.1:1"); err == nil || r.Requests != 0 {
+		t.Errorf("a dead -stats: %v after %d requests, want a fatal error before any", err, r.Requests)
+	}
+	if _, err := attack("-key", "k", "-stats", sim+"/stats"); err != nil {
+		t.Errorf("-stats with a trailing /stats: %v", err)
+	}
+	r, err := attack("-key", "wrong", "-stats", sim)
+	if err == nil || !strings.Contains(err.Error(), "-max-error-ratio 0") || len(r.Failed) == 0 {
+		t.Errorf("every request 401: err %v, failed %v; want the threshold named", err, r.Failed)
+	}
+	if _, err := attack("-key", "wrong", "-max-error-ratio", "1"); err != nil {
+		t.Errorf("with -max-error-ratio 1: %v", err)
+	}
+}
+
+func TestParseIdentitiesCSVHeader(t *testing.T) {
+	ids, err := parseIdentities(strings.NewReader("channelId,userId,role,origin\n100,u1,viewer,web\n100,u2,guest\n"))
+	if err != nil || len(ids) != 2 || ids[0].UserID != "u1" || ids[1].Role != "guest" {
+		t.Errorf("parseIdentities() = %+v, %v", ids, err)
+	}
 }

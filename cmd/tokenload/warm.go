@@ -190,6 +190,9 @@ func parseIdentities(r io.Reader) ([]identity, error) {
 			}
 		} else {
 			rec, err := csv.NewReader(strings.NewReader(line)).Read()
+			if n == 1 && err == nil && len(rec) >= 3 && strings.EqualFold(rec[0], "channelId") {
+				continue // a header row
+			}
 			if err != nil || len(rec) < 3 || len(rec) > 4 {
 				return nil, fmt.Errorf("line %d: want channelId,userId,role[,origin]", n)
 			}
