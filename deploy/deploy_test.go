@@ -8,9 +8,15 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"os"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/promql/parser"
@@ -108,5 +114,61 @@ func TestGrafanaDashboard(t *testing.T) {
 		for _, tg := range p.Targets {
 			checkMetrics(t, "panel "+p.Title, tg.Expr, names)
 		}
+	}
+}
+
+// The Kubernetes manifests decode strictly into the API's own types, and
+// hold what the README promises.
+func TestKubernetesManifests(t *testing.T) {
+	read := func(name string, into any) {
+		t.Helper()
+		b, err := os.ReadFile("kubernetes/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.UnmarshalStrict(b, into); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	var d appsv1.Deployment
+	read("deployment.yaml", &d)
+	var svc corev1.Service
+	read("service.yaml", &svc)
+	var pdb policyv1.PodDisruptionBudget
+	read("pdb.yaml", &pdb)
+	var secret corev1.Secret
+	read("secret.example.yaml", &secret)
+
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
+		t.Error("the Deployment does not run 2 replicas")
+	}
+	pod := d.Spec.Template.Spec
+	if pod.SecurityContext == nil || pod.SecurityContext.RunAsNonRoot == nil || !*pod.SecurityContext.RunAsNonRoot {
+		t.Error("the pod may run as root")
+	}
+	c := pod.Containers[0]
+	if c.SecurityContext == nil || c.SecurityContext.ReadOnlyRootFilesystem == nil || !*c.SecurityContext.ReadOnlyRootFilesystem {
+		t.Error("the root filesystem is writable")
+	}
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" {
+		t.Error("probes are not on /readyz and /healthz")
+	}
+	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
+		t.Error("no resource requests")
+	}
+	env := map[string]bool{}
+	for _, e := range c.Env {
+		env[e.Name] = true
+		if e.Value != "" && strings.Contains(strings.ToLower(e.Name), "secret") && !strings.HasSuffix(e.Name, "_FILE") {
+			t.Errorf("%s is set in the manifest, not from the Secret", e.Name)
+		}
+	}
+	for _, want := range []string{"POLYV_APP_SECRET_FILE", "TOKENCACHE_API_KEYS_FILE", "REDIS_URL", "TOKENCACHE_ADMIN_ADDR"} {
+		if !env[want] {
+			t.Errorf("the Deployment does not set %s", want)
+		}
+	}
+	if !reflect.DeepEqual(pdb.Spec.Selector.MatchLabels, d.Spec.Selector.MatchLabels) || !reflect.DeepEqual(svc.Spec.Selector, d.Spec.Selector.MatchLabels) {
+		t.Error("the Service or the PodDisruptionBudget selects other pods than the Deployment makes")
 	}
 }
