@@ -24,8 +24,9 @@ test: ## run every test with the race detector (needs redis-server on PATH)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./...
 
 .PHONY: lint
-lint: ## gofmt check, go vet and staticcheck
+lint: ## gofmt check, go mod tidy check, go vet and staticcheck
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) mod tidy -diff
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
