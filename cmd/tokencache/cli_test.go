@@ -56,44 +56,30 @@ func TestCLIManners(t *testing.T) {
 		t.Errorf("tokencache healthcheck -h = %q, exit %d; want its usage, not a probe", out, code)
 	}
 
-	// healthcheck -addr probes the address given; polyvsim's with a host.
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
-	sim := exec.Command(filepath.Join(bin, "polyvsim"), "-addr", addr)
-	if err := sim.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sim.Process.Kill(); _ = sim.Wait() })
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		_, errOut, code := runBin("polyvsim", "healthcheck", "-addr", addr)
-		if code == 0 {
-			break
+	// Each healthcheck probes the -addr given (polyvsim's with a host in
+	// it); tokenload baseline serves a /healthz for tokencache's.
+	probe := func(server []string, prober string, path string) {
+		t.Helper()
+		l, _ := net.Listen("tcp", "127.0.0.1:0")
+		addr := l.Addr().String()
+		l.Close()
+		cmd := exec.Command(filepath.Join(bin, server[0]), append(server[1:], "-addr", addr)...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("polyvsim healthcheck -addr %s: exit %d: %s", addr, code, errOut)
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			_, errOut, code := runBin(prober, "healthcheck", "-addr", addr)
+			if code == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s healthcheck -addr %s (%s): exit %d: %s", prober, addr, path, code, errOut)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	// tokencache's probes /healthz at -addr: tokenload baseline serves one.
-	l, _ = net.Listen("tcp", "127.0.0.1:0")
-	baseAddr := l.Addr().String()
-	l.Close()
-	base := exec.Command(filepath.Join(bin, "tokenload"), "baseline", "-addr", baseAddr)
-	if err := base.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = base.Process.Kill(); _ = base.Wait() })
-	deadline = time.Now().Add(5 * time.Second)
-	for {
-		_, errOut, code := runBin("tokencache", "healthcheck", "-addr", baseAddr)
-		if code == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("tokencache healthcheck -addr %s: exit %d: %s", baseAddr, code, errOut)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	probe([]string{"polyvsim"}, "polyvsim", "/stats")
+	probe([]string{"tokenload", "baseline"}, "tokencache", "/healthz")
 }

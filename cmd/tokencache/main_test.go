@@ -374,16 +374,7 @@ func TestKeysFileReload(t *testing.T) {
 	}
 	write("old", "both")
 	url, _, stderr, _ := startRun(t, []string{"-demo"}, map[string]string{"TOKENCACHE_ADDR": "127.0.0.1:0", "TOKENCACHE_API_KEYS_FILE": keysFile})
-	status := func(key string) int {
-		req, _ := http.NewRequest("GET", url+"/v1/channels/2094979/chat-token?userId=u&role=viewer", nil)
-		req.Header.Set("Authorization", "Bearer "+key)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	status := func(key string) int { return tokenStatus(t, url, key) }
 	if status("old-key") != 200 || status("new-key") != 401 {
 		t.Fatal("before the change: old-key should work and new-key not")
 	}
@@ -436,16 +427,7 @@ func TestKeysReloadOnSIGHUP(t *testing.T) {
 	keysFile := t.TempDir() + "/keys.yaml"
 	os.WriteFile(keysFile, []byte("keys:\n  - {name: old, key: old-key}\n"), 0o600)
 	url, _, _, _ := startRun(t, []string{"-demo"}, map[string]string{"TOKENCACHE_ADDR": "127.0.0.1:0", "TOKENCACHE_API_KEYS_FILE": keysFile})
-	status := func(key string) int {
-		req, _ := http.NewRequest("GET", url+"/v1/channels/2094979/chat-token?userId=u&role=viewer", nil)
-		req.Header.Set("Authorization", "Bearer "+key)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	status := func(key string) int { return tokenStatus(t, url, key) }
 	os.WriteFile(keysFile, []byte("keys:\n  - {name: hup, key: hup-key}\n"), 0o600)
 	time.Sleep(200 * time.Millisecond)
 	if status("hup-key") != 401 {
@@ -464,4 +446,17 @@ func TestKeysReloadOnSIGHUP(t *testing.T) {
 	if status("old-key") != 401 {
 		t.Error("the old key works after the reload")
 	}
+}
+
+// tokenStatus is the status of one chat-token request to url with key.
+func tokenStatus(t *testing.T, url, key string) int {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url+"/v1/channels/2094979/chat-token?userId=u&role=viewer", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
