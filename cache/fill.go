@@ -193,7 +193,7 @@ func (c *Cache) callUpstream(ctx context.Context, k Key) (Token, error) {
 				ch <- reply{err: fmt.Errorf("cache: upstream panicked: %v", p)}
 			}
 		}()
-		tok, err := c.upstreamCall(ctx, k)
+		tok, err := c.requestToken(ctx, k)
 		ch <- reply{tok, err}
 	}()
 	var r reply
@@ -215,9 +215,9 @@ func (c *Cache) callUpstream(ctx context.Context, k Key) (Token, error) {
 	return r.tok, r.err
 }
 
-// upstreamCall asks Polyv for k's token. An upstream that reports no issue
+// requestToken asks Polyv for k's token. An upstream that reports no issue
 // time gets the time the call started.
-func (c *Cache) upstreamCall(ctx context.Context, k Key) (Token, error) {
+func (c *Cache) requestToken(ctx context.Context, k Key) (Token, error) {
 	sent := c.opts.Now()
 	var tok Token
 	if k.Kind == KindChannel {

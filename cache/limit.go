@@ -28,6 +28,9 @@ func (e *UnavailableError) Error() string {
 	return fmt.Sprintf("cache: upstream unavailable: Polyv rate limit reached; retry after %v", e.RetryAfter)
 }
 
+// unavailable is the error of a fetch that got no rate-limit slot in time.
+func unavailable(retryAfter time.Duration) error { return &UnavailableError{RetryAfter: retryAfter} }
+
 // RetryAfterSeconds is RetryAfter rounded up to whole seconds, at least 1,
 // as a Retry-After header wants it.
 func (e *UnavailableError) RetryAfterSeconds() string {
@@ -156,7 +159,7 @@ func (c *Cache) waitFleetSlot(ctx context.Context, q *slotQueue) error {
 	ahead := q.waiting.Len()
 	if d, ok := ctx.Deadline(); ok && time.Until(d) < time.Duration(ahead)*q.interval {
 		q.mu.Unlock()
-		return &UnavailableError{RetryAfter: time.Duration(ahead+1) * q.interval}
+		return unavailable(time.Duration(ahead+1) * q.interval)
 	}
 	el := q.waiting.PushBack(done)
 	q.size.Store(int64(q.waiting.Len()))
@@ -236,7 +239,7 @@ func (c *Cache) waitLocalSlot(ctx context.Context, q *slotQueue) error {
 	}
 	if d, ok := ctx.Deadline(); ok && time.Until(d) < wait {
 		r.Cancel()
-		return &UnavailableError{RetryAfter: wait}
+		return unavailable(wait)
 	}
 	select {
 	case <-ctx.Done():
@@ -253,7 +256,7 @@ func (c *Cache) gaveUp(ctx context.Context, retryAfter time.Duration) error {
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return ctx.Err()
 	}
-	return &UnavailableError{RetryAfter: retryAfter}
+	return unavailable(retryAfter)
 }
 
 // fillQueued reports whether the fill of key waits for a rate-limit slot.

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -336,7 +337,7 @@ func writeReport() {
 	b.WriteString("`tokenload attack`, and injects one fault. Every phase checked: no wrong or empty token (each token is one the\n")
 	b.WriteString("simulator issued for that very key), every error in the API's error table, Polyv calls within the coalescing\n")
 	b.WriteString("bound, and recovery once the fault ends. CI runs the same drills in a short form on every change.\n\n")
-	fmt.Fprintf(&b, "Run on %s, 2 vCPU, 24 GB.\n", time.Now().UTC().Format("2006-01-02"))
+	fmt.Fprintf(&b, "Run on %s, %d vCPU.\n", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU())
 	names := make([]string, 0, len(results))
 	for n := range results {
 		names = append(names, n)

@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"context"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -94,9 +93,6 @@ func toAPIError(err error) *apiError {
 	case polyv.KindServer, polyv.KindMalformed, polyv.KindNetwork:
 		return &apiError{Status: http.StatusBadGateway, Code: codeUpstreamError, Message: "Polyv failed to answer properly; retry later"}
 	case polyv.KindTimeout, polyv.KindCanceled:
-		return &apiError{Status: http.StatusGatewayTimeout, Code: codeUpstreamTimeout, Message: "Polyv did not answer in time"}
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
 		return &apiError{Status: http.StatusGatewayTimeout, Code: codeUpstreamTimeout, Message: "Polyv did not answer in time"}
 	}
 	return &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "internal error"}
