@@ -176,7 +176,7 @@ type Cache struct {
 	global       *slotQueue // every fetch
 	bulk         *slotQueue // bulk items: BulkShare of RateLimit
 	queues       sync.Map   // per-caller limits: name@rate -> *slotQueue
-	queued       sync.Map   // value key -> struct{}: fills waiting for a slot now
+	queued       sync.Map   // value key -> *byte: a fetch of it waits for a slot now
 	breaker      *gobreaker.CircuitBreaker[struct{}]
 	polyvState   atomic.Value // string: the latest Polyv call's outcome
 

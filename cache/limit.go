@@ -134,8 +134,11 @@ func (c *Cache) queue(name string, perSecond int) *slotQueue {
 // limits, or of this process's own while Redis is out of use. While it
 // waits, callers of key that give up are told the rate limit is why.
 func (c *Cache) waitSlot(ctx context.Context, key string, fleet bool) error {
-	c.queued.Store(key, struct{}{})
-	defer c.queued.Delete(key)
+	// A refresh and a fill of one key may both wait: each removes only its
+	// own mark.
+	mark := new(byte)
+	c.queued.Store(key, mark)
+	defer c.queued.CompareAndDelete(key, mark)
 	for _, q := range c.queuesFor(ctx) {
 		var err error
 		if fleet {
