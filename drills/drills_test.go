@@ -12,7 +12,7 @@ func init() {
 	drillNotes["TestDrillPolyvSlow"] = "The simulator answers after 10 s. Warm keys keep being served; misses get 504 upstream_timeout after the attempts (POLYV_TIMEOUT=2s) run out. Bound: at most 3 attempts per new key."
 	drillNotes["TestDrillPolyvRateLimited"] = "The simulator answers with Polyv's qps error. Warm keys keep being served; misses get 503 upstream_unavailable with Retry-After; nothing is stored, so they succeed once the limit lifts."
 	drillNotes["TestDrillInstanceKilled"] = "One of two instances is killed mid-run. Its requests fail at the transport level (a load balancer would route away); the other instance answers everything. Bound: one Polyv call per key, as the fleet shares Redis."
-	drillNotes["TestDrillColdStampede"] = "2000 first requests for 50 keys arrive at once (one per worker, 2000 workers) across 3 instances, with Polyv at 200 ms. Bound: exactly 50 Polyv calls."
+	drillNotes["TestDrillColdStampede"] = "2000 first requests for 50 keys arrive at once (one per worker, 2000 workers) across 3 instances, with Polyv at 1 s. Bound: exactly 50 Polyv calls."
 }
 
 func TestDrillRedisKilled(t *testing.T) {
@@ -146,10 +146,11 @@ func TestDrillInstanceKilled(t *testing.T) {
 }
 
 func TestDrillColdStampede(t *testing.T) {
-	s := newStack(t, 3, "-latency", "200ms")
-	// Rate 0: each of the 2000 workers sends one request at once; Polyv's
-	// 200 ms latency outlasts the 150 ms attack, so none sends a second.
-	r := attack(t, s, s.targets(), "-channels", "1", "-users", "50", "-rate", "0", "-duration", "150ms",
+	s := newStack(t, 3, "-latency", "1s")
+	// Rate 0: each of the 2000 workers sends one request as soon as it
+	// starts; Polyv's 1 s latency outlasts the 500 ms attack, so none sends a
+	// second, and a slow machine still has half a second to start them all.
+	r := attack(t, s, s.targets(), "-channels", "1", "-users", "50", "-rate", "0", "-duration", "500ms",
 		"-workers", "2000", "-max-workers", "2000")
 	only200(t, "stampede", r)
 	if r.Requests < 1900 {
