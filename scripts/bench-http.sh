@@ -5,6 +5,10 @@
 #   hit_local  tokencache, local cache on
 #   hit_redis  tokencache, local cache off: every hit is a Redis GET
 #   miss       tokencache, every request a new user, simulator at 100 ms
+#   peer_*     the same three runs against bench/peer: echo + go-redis/cache
+#              Once, with its TinyLFU local cache (peer_local) or Redis only
+#   fleet_*    a stampede of one new key over 3 instances of each service,
+#              counting the Polyv calls it cost
 # It prints the table and writes it into docs/benchmarks.md. It makes no
 # pass/fail claim: the numbers are ratios on whatever machine runs it.
 set -euo pipefail
@@ -23,6 +27,7 @@ trap cleanup EXIT
 
 echo "building..." >&2
 CGO_ENABLED=0 go build -trimpath -o "$work/" ./cmd/...
+(cd bench/peer && CGO_ENABLED=0 go build -trimpath -o "$work/peer" .)
 bin=$work
 
 port() { echo $((20000 + RANDOM % 20000)); }
@@ -44,6 +49,25 @@ pb=$(port); start_tc hit_local "$pb" "$fast"
 pc=$(port); start_tc hit_redis "$pc" "$fast" TOKENCACHE_LOCAL_SIZE=0
 pd=$(port); start_tc miss "$pd" "$slow" TOKENCACHE_KEY_PREFIX=miss:
 
+start_peer() { # name port sim-port redis-db extra-flags...
+  local name=$1 p=$2 sp=$3 db=$4; shift 4
+  "$bin/peer" -addr "127.0.0.1:$p" -redis "redis://127.0.0.1:$rp/$db" -polyv "http://127.0.0.1:$sp" "$@" 2>"$work/$name.log" & pids+=($!)
+  wait_http "http://127.0.0.1:$p/healthz"
+}
+qa=$(port); start_peer peer_local "$qa" "$fast" 1
+qb=$(port); start_peer peer_redis "$qb" "$fast" 1 -local 0
+qc=$(port); start_peer peer_miss "$qc" "$slow" 2
+
+# The fleets: 3 instances of each service on one Redis, with a simulator
+# of their own so that its call count is theirs alone.
+fsim=$(port); "$bin/polyvsim" -addr "127.0.0.1:$fsim" -latency "$SIM_LATENCY" 2>"$work/sim-fleet.log" & pids+=($!)
+wait_http "http://127.0.0.1:$fsim/stats"
+tc_fleet=() peer_fleet=()
+for i in 1 2 3; do
+  p=$(port); start_tc "fleet_tc_$i" "$p" "$fsim" TOKENCACHE_KEY_PREFIX=fleet:; tc_fleet+=("http://127.0.0.1:$p")
+  p=$(port); start_peer "fleet_peer_$i" "$p" "$fsim" 3; peer_fleet+=("http://127.0.0.1:$p")
+done
+
 echo "warming $((CHANNELS * USERS)) tokens..." >&2
 "$bin/tokenload" warm -quiet -target "http://127.0.0.1:$pb" -key bench -generate $((CHANNELS * USERS)) -channels $CHANNELS -out "$work/pool.jsonl" >&2
 
@@ -61,13 +85,31 @@ attack() { # name port extra-args...
     -rate 0 -workers "$WORKERS" -max-workers "$WORKERS" -duration "$DURATION" \
     -channels $CHANNELS -users $USERS -popularity uniform "$@" >"$work/$name.json"
 }
+# The peer has no bulk route to warm from: a short attack over the same
+# known users fetches them all (each about 10 times over).
+echo "warming the peer..." >&2
+"$bin/tokenload" attack -quiet -target "http://127.0.0.1:$qa" -rate 0 -workers "$WORKERS" -max-workers "$WORKERS" \
+  -duration 3s -channels $CHANNELS -users $USERS -popularity uniform >/dev/null
+
 attack ceiling "$pa"
 attack hit_local "$pb"
 attack hit_redis "$pc"
 attack miss "$pd" -miss-ratio 1
+attack peer_local "$qa"
+attack peer_redis "$qb"
+attack peer_miss "$qc" -miss-ratio 1
 
-table=$("$bin/tokenload" compare -markdown -miss miss -sim-latency "$SIM_LATENCY" \
-  ceiling="$work/ceiling.json" hit_local="$work/hit_local.json" hit_redis="$work/hit_redis.json" miss="$work/miss.json")
+stampede() { # name targets
+  echo "stampede $1 (3 instances, 1 key, 300 concurrent)..." >&2
+  "$bin/tokenload" attack -quiet -json -name "$1" -target "$2" -key bench -stats "http://127.0.0.1:$fsim" \
+    -rate 0 -workers 300 -max-workers 300 -duration 1s -channels 1 -users 1 >"$work/$1.json"
+}
+stampede fleet_tokencache "$(IFS=,; echo "${tc_fleet[*]}")"
+stampede fleet_peer "$(IFS=,; echo "${peer_fleet[*]}")"
+
+runs=(ceiling hit_local hit_redis miss peer_local peer_redis peer_miss fleet_tokencache fleet_peer)
+table=$("$bin/tokenload" compare -markdown -miss miss,peer_miss -sim-latency "$SIM_LATENCY" \
+  $(for r in "${runs[@]}"; do echo "$r=$work/$r.json"; done))
 echo "$table"
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
@@ -78,9 +120,11 @@ section=$(cat <<MD
 One run of \`scripts/bench-http.sh\` on $(date -u +%Y-%m-%d): $(nproc) vCPU ($cpu), $(free -g | awk '/Mem:/{print $2}') GB,
 redis-server $(redis-server --version | cut -d' ' -f3 | sed 's/v=//'). Every run is \`tokenload attack\` with $WORKERS concurrent requests for $DURATION
 over loopback, against one server process; the load generator shares the machine's cores with the server, the same
-for every row. Hit runs read $((CHANNELS * USERS)) tokens warmed beforehand; the miss run asks for a new user every
+for every row. Hit runs read $((CHANNELS * USERS)) tokens warmed beforehand; the miss runs ask for a new user every
 time, from a simulator answering after $SIM_LATENCY. "vs ceiling" is throughput divided by the ceiling's, measured in
-the same run.
+the same run. \`peer_*\` is bench/peer, the go-redis/cache service (echo + \`cache.Once\`, TinyLFU local cache or
+Redis only, no logging, metrics or auth). \`fleet_*\` is 300 concurrent requests for one new key spread over 3
+instances of each service on one Redis, for 1 s; "Polyv calls" is what that cost at the simulator.
 
 $table
 <!-- bench-http:end -->

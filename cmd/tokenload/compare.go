@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -18,8 +19,9 @@ import (
 func compareCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tokenload compare", flag.ContinueOnError)
 	markdown := fs.Bool("markdown", false, "print a Markdown table")
-	missLatency := fs.Duration("sim-latency", 0, "simulator latency of the miss run, to report the miss overhead")
-	missName := fs.String("miss", "", "label of the miss run")
+	missLatency := fs.Duration("sim-latency", 0, "simulator latency of the miss runs, to report the miss overhead")
+	var missNames targetList
+	fs.Var(&missNames, "miss", "label of a miss run; repeat it or separate with commas")
 	if err := cli.Parse(fs, args, stdout, ""); err != nil {
 		return err
 	}
@@ -43,6 +45,11 @@ func compareCmd(args []string, stdout, stderr io.Writer) error {
 		}
 		labels, reps = append(labels, label), append(reps, r)
 	}
+	for _, name := range missNames {
+		if !slices.Contains(labels, name) {
+			return fmt.Errorf("-miss %s: no report has that label", name)
+		}
+	}
 	base := reps[0].Throughput
 	sep, start, end := "\t", "", ""
 	if *markdown {
@@ -50,9 +57,9 @@ func compareCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	row := func(cells ...string) { fmt.Fprintln(tw, start+strings.Join(cells, sep)+end) }
-	row("run", "requests", "throughput/s", "vs "+labels[0], "p50", "p90", "p99", "max", "non-200")
+	row("run", "requests", "throughput/s", "vs "+labels[0], "p50", "p90", "p99", "max", "non-200", "Polyv calls")
 	if *markdown {
-		row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
+		row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
 	}
 	for i, r := range reps {
 		non200 := 0
@@ -65,17 +72,18 @@ func compareCmd(args []string, stdout, stderr io.Writer) error {
 		if base > 0 {
 			ratio = fmt.Sprintf("%.2f", r.Throughput/base)
 		}
-		row(labels[i], fmt.Sprint(r.Requests), fmt.Sprintf("%.0f", r.Throughput), ratio, r.LatencyP50, r.LatencyP90, r.LatencyP99, r.LatencyMax, fmt.Sprint(non200))
+		calls := "-"
+		if r.UpstreamSim != nil {
+			calls = fmt.Sprint(*r.UpstreamSim)
+		}
+		row(labels[i], fmt.Sprint(r.Requests), fmt.Sprintf("%.0f", r.Throughput), ratio, r.LatencyP50, r.LatencyP90, r.LatencyP99, r.LatencyMax, fmt.Sprint(non200), calls)
 	}
 	tw.Flush()
-	if *missName != "" {
-		for i, l := range labels {
-			if l == *missName {
-				overhead := reps[i].LatencyP50Ms - float64(missLatency.Milliseconds())
-				fmt.Fprintf(stdout, "\nmiss overhead: median miss latency %.1f ms - simulator latency %d ms = %.1f ms\n",
-					reps[i].LatencyP50Ms, missLatency.Milliseconds(), overhead)
-			}
-		}
+	for _, name := range missNames {
+		i := slices.Index(labels, name)
+		sim := float64(missLatency.Microseconds()) / 1000
+		fmt.Fprintf(stdout, "\n%s overhead: median miss latency %.1f ms - simulator latency %.0f ms = %.1f ms\n",
+			name, reps[i].LatencyP50Ms, sim, reps[i].LatencyP50Ms-sim)
 	}
 	return nil
 }

@@ -250,3 +250,34 @@ func TestParseIdentitiesCSVHeader(t *testing.T) {
 		t.Errorf("parseIdentities() = %+v, %v", ids, err)
 	}
 }
+
+func TestCompare(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, r attackReport) string {
+		b, _ := json.Marshal(r)
+		path := filepath.Join(dir, name+".json")
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return name + "=" + path
+	}
+	calls := int64(3)
+	args := []string{"compare", "-markdown", "-sim-latency", "100ms", "-miss", "miss,peer_miss",
+		write("ceiling", attackReport{Requests: 1000, Throughput: 100}),
+		write("miss", attackReport{Requests: 50, Throughput: 5, LatencyP50Ms: 102.5}),
+		write("peer_miss", attackReport{Requests: 40, Throughput: 4, LatencyP50Ms: 101.25, UpstreamSim: &calls})}
+	var out bytes.Buffer
+	if err := run(context.Background(), args, &out, &out); err != nil {
+		t.Fatalf("compare: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"| miss | 50 | 5 | 0.05 |", "| - |", "| 3 |",
+		"miss overhead: median miss latency 102.5 ms - simulator latency 100 ms = 2.5 ms",
+		"peer_miss overhead: median miss latency 101.2 ms - simulator latency 100 ms = 1.2 ms"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("compare output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if err := run(context.Background(), append(args[:6:6], "-miss", "nope", args[6]), &out, &out); err == nil {
+		t.Error("compare accepted -miss naming no report")
+	}
+}
