@@ -365,11 +365,18 @@ func (c *Cache) redisGet(ctx context.Context, key string) (entry, bool, error) {
 	if err != nil {
 		return entry{}, false, err
 	}
+	e, ok := c.decodeLive(key, b)
+	return e, ok, nil
+}
+
+// decodeLive decodes a stored value, reporting false for one that cannot be
+// trusted or has outlived its time.
+func (c *Cache) decodeLive(key string, b []byte) (entry, bool) {
 	e, ok := c.decode(key, b)
 	if !ok || !c.opts.Now().Before(e.Until) {
-		return entry{}, false, nil
+		return entry{}, false
 	}
-	return e, true, nil
+	return e, true
 }
 
 // tokenUntil is when a token issued at issued leaves the cache: TTL after

@@ -67,7 +67,7 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, er
 	if e, ok := c.localGet(keys.value); ok {
 		return fillResult{entry: e, result: ResultCoalesced}, nil
 	}
-	if e, ok := c.channelRejected(ctx, k); ok {
+	if e, ok := c.localGet(c.channelRejectionKey(k)); ok {
 		return fillResult{entry: e, result: ResultNegative}, nil
 	}
 	gen := c.localGen(keys.value)
@@ -79,8 +79,15 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, er
 	defer unregister()
 
 	var waitStart time.Time
-	for {
-		state, e, err := c.acquire(ctx, keys, owner)
+	for first := true; ; first = false {
+		var state int
+		var e entry
+		var err error
+		if first {
+			state, e, err = c.acquireUnlessRejected(ctx, k, keys, owner)
+		} else {
+			state, e, err = c.acquire(ctx, keys, owner)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return fillResult{}, ctx.Err()
@@ -91,6 +98,8 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, er
 			c.metrics.leaseWait.Observe(time.Since(waitStart).Seconds())
 		}
 		switch state {
+		case acquireRejected:
+			return fillResult{entry: e, result: ResultNegative}, nil
 		case acquireFound:
 			if c.afterRedisRead != nil {
 				c.afterRedisRead()
@@ -241,25 +250,6 @@ func (c *Cache) requestToken(ctx context.Context, k Key) (Token, error) {
 	}
 	tok.Rendered = new(Rendered)
 	return tok, nil
-}
-
-// channelRejected returns the remembered rejection of k's channel, if any:
-// from the local cache, or from Redis.
-func (c *Cache) channelRejected(ctx context.Context, k Key) (entry, bool) {
-	key := c.channelRejectionKey(k)
-	if e, ok := c.localGet(key); ok {
-		return e, true
-	}
-	if !c.redisUsable() {
-		return entry{}, false
-	}
-	gen := c.localGen(key)
-	e, found, err := c.redisGet(ctx, key)
-	if err != nil || !found || e.Rejected == nil {
-		return entry{}, false
-	}
-	c.localSetIf(key, e, gen)
-	return e, true
 }
 
 // rememberChannelRejection keeps e for k's whole channel when err rejects

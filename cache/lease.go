@@ -66,15 +66,46 @@ const (
 	acquireBusy = iota
 	acquireFound
 	acquireTaken
+	acquireRejected // k's channel is rejected: the entry is that rejection
 )
 
 // acquire returns the stored value of keys if there is one that can be
 // trusted, or else tries the fill lease. A value that cannot be trusted
 // counts as absent, and is overwritten by the fetch.
 func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (int, entry, error) {
-	script, args := acquireScript, []any{owner, c.leaseFor().Milliseconds()}
+	return c.acquireFrom(ctx, keys, owner, acquireScript.Run(ctx, c.rdb, []string{keys.value, keys.lease()}, owner, c.leaseFor().Milliseconds()))
+}
+
+// acquireUnlessRejected is acquire, with the remembered rejection of k's
+// channel read in the same round trip: a rejected channel gives
+// acquireRejected, and no lease.
+func (c *Cache) acquireUnlessRejected(ctx context.Context, k Key, keys redisKeys, owner string) (int, entry, error) {
+	rejKey := c.channelRejectionKey(k)
+	gen := c.localGen(rejKey)
+	pipe := c.rdb.Pipeline()
+	rej := pipe.Get(ctx, rejKey)
+	acq := acquireScript.EvalSha(ctx, pipe, []string{keys.value, keys.lease()}, owner, c.leaseFor().Milliseconds())
+	_, _ = pipe.Exec(ctx) // each command's error is read below
+	if raw, err := rej.Bytes(); err == nil {
+		if e, ok := c.decodeLive(rejKey, raw); ok && e.Rejected != nil {
+			c.localSetIf(rejKey, e, gen)
+			if state, _ := acq.Slice(); len(state) > 0 && state[0] == int64(acquireTaken) {
+				c.releaseLease(ctx, keys, owner)
+			}
+			return acquireRejected, e, nil
+		}
+	}
+	if err := acq.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		return c.acquire(ctx, keys, owner) // Redis lost its scripts: Run loads them
+	}
+	return c.acquireFrom(ctx, keys, owner, acq)
+}
+
+// acquireFrom reads the reply of an acquire script, taking the lease over a
+// value that cannot be trusted.
+func (c *Cache) acquireFrom(ctx context.Context, keys redisKeys, owner string, cmd *redis.Cmd) (int, entry, error) {
 	for {
-		res, err := script.Run(ctx, c.rdb, []string{keys.value, keys.lease()}, args...).Slice()
+		res, err := cmd.Slice()
 		if err != nil {
 			return 0, entry{}, err
 		}
@@ -83,7 +114,7 @@ func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (int,
 			return int(state), entry{}, nil
 		}
 		raw, _ := res[1].(string)
-		if e, ok := c.decode(keys.value, []byte(raw)); ok && c.opts.Now().Before(e.Until) {
+		if e, ok := c.decodeLive(keys.value, []byte(raw)); ok {
 			return acquireFound, e, nil
 		}
 		if c.afterUntrustedRead != nil {
@@ -91,7 +122,7 @@ func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (int,
 		}
 		// Take the lease over this value, unless another instance has
 		// stored a new one meanwhile.
-		script, args = leaseOverScript, []any{owner, c.leaseFor().Milliseconds(), raw}
+		cmd = leaseOverScript.Run(ctx, c.rdb, []string{keys.value, keys.lease()}, owner, c.leaseFor().Milliseconds(), raw)
 	}
 }
 
@@ -108,7 +139,7 @@ func (c *Cache) takeRefreshLease(ctx context.Context, keys redisKeys, owner stri
 		return false, entry{}, 0, nil
 	}
 	raw, _ := res[1].(string)
-	if e, ok := c.decode(keys.value, []byte(raw)); ok && c.opts.Now().Before(e.Until) {
+	if e, ok := c.decodeLive(keys.value, []byte(raw)); ok {
 		stored = e
 	}
 	count, _ := res[2].(string)

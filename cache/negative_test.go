@@ -34,6 +34,9 @@ func TestChannelRejectionIsRememberedPerChannel(t *testing.T) {
 		if got := up.calls.Load(); got != 1 {
 			t.Errorf("upstream calls for 20 viewers of a rejected channel = %d, want 1", got)
 		}
+		if leases, err := rdb.Keys(ctx, "*}:l:*").Result(); err != nil || len(leases) > 0 {
+			t.Errorf("fill leases left behind: %v %v", leases, err)
+		}
 		// Another channel is not affected.
 		up.setErr(nil)
 		if _, _, err := fleet[0].Get(ctx, ChatKey("777", "u", "viewer", "")); err != nil {

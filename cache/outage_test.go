@@ -148,3 +148,34 @@ func TestCluster(t *testing.T) {
 		return !ok1 && !ok2
 	})
 }
+
+// A Redis that lost its scripts (restarted, or SCRIPT FLUSH) gets them
+// again on the next miss, which still costs one fetch and no error.
+func TestScriptsFlushed(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		rdb, _ := b.open(t)
+		up := &fakeUpstream{}
+		c := newCache(t, rdb, up, testOptions(nil))
+		ctx := context.Background()
+		if _, _, err := c.Get(ctx, ChatKey("100", "before", "viewer", "")); err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		errsBefore := testutil.ToFloat64(c.metrics.redisErrors)
+		k := ChatKey("100", "after", "viewer", "")
+		if _, res, err := c.Get(ctx, k); err != nil || res != ResultMiss {
+			t.Fatalf("Get() after SCRIPT FLUSH = %v, %v", res, err)
+		}
+		if n, _ := rdb.Exists(ctx, c.keysOf(k).value).Result(); n != 1 {
+			t.Error("the token was not stored after SCRIPT FLUSH")
+		}
+		if got := testutil.ToFloat64(c.metrics.redisErrors) - errsBefore; got != 0 {
+			t.Errorf("%v Redis errors counted for a missing script", got)
+		}
+		if got := up.calls.Load(); got != 2 {
+			t.Errorf("upstream calls = %d, want 2", got)
+		}
+	})
+}
