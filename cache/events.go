@@ -68,8 +68,11 @@ func (ev *events) start(ctx context.Context, rdb rediser, bg *sync.WaitGroup) {
 // also poll, and local entries never outlive their token.
 func (ev *events) publish(ctx context.Context, rdb rediser, key string) {
 	ev.notify(key)
-	_ = rdb.Publish(ctx, ev.channel, ev.self+" "+key).Err()
+	_ = rdb.Publish(ctx, ev.channel, ev.message(key)).Err()
 }
+
+// message is the payload that says key changed.
+func (ev *events) message(key string) string { return ev.self + " " + key }
 
 func (ev *events) dispatch(payload string) {
 	sender, key, ok := strings.Cut(payload, " ")

@@ -128,10 +128,9 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, er
 func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner string, gen uint64) (fillResult, error) {
 	stopRenew := c.renewLease(ctx, keys, owner)
 	defer stopRenew()
-	defer c.events.publish(context.WithoutCancel(ctx), c.rdb, keys.value)
 
 	if err := c.waitSlot(ctx, keys.value, true); err != nil {
-		c.releaseLease(ctx, keys, owner)
+		c.releaseAndPublish(ctx, keys, owner)
 		return fillResult{}, err
 	}
 	tok, err := c.callUpstream(ctx, k)
@@ -141,7 +140,7 @@ func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner 
 			c.store(ctx, keys, owner, e, gen)
 			return fillResult{entry: e, result: ResultMiss}, nil
 		}
-		c.releaseLease(ctx, keys, owner)
+		c.releaseAndPublish(ctx, keys, owner)
 		return fillResult{}, err
 	}
 	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}

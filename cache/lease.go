@@ -148,19 +148,45 @@ func (c *Cache) takeRefreshLease(ctx context.Context, keys redisKeys, owner stri
 }
 
 // store writes e to Redis and, unless invalidated since gen, to the local
-// cache, releasing the lease. A Redis
-// failure here loses nothing the caller needs: the token is still returned.
+// cache, releases the lease and tells the fleet. A Redis failure here loses
+// nothing the caller needs: the token is still returned.
 func (c *Cache) store(ctx context.Context, keys redisKeys, owner string, e entry, gen uint64) {
 	c.localSetIf(keys.value, e, gen)
 	ttl := e.Until.Sub(c.opts.Now())
 	if ttl < time.Millisecond {
+		c.releaseAndPublish(ctx, keys, owner)
 		return
 	}
-	_ = storeScript.Run(ctx, c.rdb, []string{keys.value, keys.lease(), keys.backoff()}, c.encode(keys.value, e), ttl.Milliseconds(), owner).Err()
+	c.runAndPublish(ctx, keys.value, storeScript, []string{keys.value, keys.lease(), keys.backoff()},
+		c.encode(keys.value, e), ttl.Milliseconds(), owner)
 }
 
 func (c *Cache) releaseLease(ctx context.Context, keys redisKeys, owner string) {
 	_ = releaseScript.Run(context.WithoutCancel(ctx), c.rdb, []string{keys.lease()}, owner).Err()
+}
+
+// releaseAndPublish releases the lease and wakes the fleet's waiters, so
+// that one of them fetches at once.
+func (c *Cache) releaseAndPublish(ctx context.Context, keys redisKeys, owner string) {
+	c.runAndPublish(ctx, keys.value, releaseScript, []string{keys.lease()}, owner)
+}
+
+// runAndPublish runs script, then publishes that key changed, in one round
+// trip. It runs even when ctx has ended, within the client's timeouts: it
+// finishes a fetch already paid for.
+func (c *Cache) runAndPublish(ctx context.Context, key string, script *redis.Script, keys []string, args ...any) {
+	ctx = context.WithoutCancel(ctx)
+	pipe := c.rdb.Pipeline()
+	run := script.EvalSha(ctx, pipe, keys, args...)
+	pipe.Publish(ctx, c.events.channel, c.events.message(key))
+	_, _ = pipe.Exec(ctx) // failures are tolerated, see store
+	c.events.notify(key)
+	if err := run.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// Redis lost its scripts: Run loads it, and the fleet is told again,
+		// now that the change is made.
+		_ = script.Run(ctx, c.rdb, keys, args...).Err()
+		c.events.publish(ctx, c.rdb, key)
+	}
 }
 
 // backOff tells the fleet to leave keys alone for wait, after failures

@@ -103,7 +103,6 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 		return
 	}
 	c.store(ctx, keys, owner, e, gen)
-	c.events.publish(ctx, c.rdb, keys.value)
 }
 
 func (c *Cache) refreshCall(ctx context.Context, k Key, keys redisKeys, fleet bool) (Token, error) {
