@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -81,4 +82,19 @@ func benchHits(b *testing.B, c *Cache) {
 			}
 		}
 	})
+}
+
+// BenchmarkDecodeEntry is the decoding a Redis hit pays for the stored value.
+func BenchmarkDecodeEntry(b *testing.B) {
+	now := time.Now()
+	e := entry{Token: &Token{Token: "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6", MediaChannelKey: "f1e2d3c4b5a6f7e8d9c0b1a2f3e4d5c6",
+		RoomID: "2094979", ChildRoomEnabled: "N", ChatAPIDomain: "apichat.polyv.net", ChatDomain: "chat.polyv.net", IssuedAt: now},
+		Until: now.Add(5 * time.Hour)}
+	raw := e.encode()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, ok := decodeEntry(raw); !ok {
+			b.Fatal("not decoded")
+		}
+	}
 }

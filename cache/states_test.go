@@ -159,7 +159,8 @@ func TestTransientErrorsAreNotStored(t *testing.T) {
 }
 
 func TestCorruptValueIsAMissAndOverwritten(t *testing.T) {
-	for _, raw := range []string{"garbage", `{"v":99,"t":{"token":"x"}}`, `{"v":1}`, `{"v":1,"t":{"token":""},"until":"2999-01-01T00:00:00Z"}`} {
+	for _, raw := range []string{"garbage", `{"v":99,"t":{"token":"x"}}`, `{"v":1}`, `{"v":1,"t":{"token":""},"until":"2999-01-01T00:00:00Z"}`,
+		"\x02garbage", "\x02", "\x02\x80", "\x03\x80"} {
 		rdb, _ := backends()[0].open(t)
 		up := &fakeUpstream{}
 		c := newCache(t, rdb, up, testOptions(nil))
@@ -173,6 +174,24 @@ func TestCorruptValueIsAMissAndOverwritten(t *testing.T) {
 		if e, ok := decodeEntry(b); !ok || e.Token.Token != tok.Token {
 			t.Errorf("value over %q was not overwritten: %s", raw, b)
 		}
+	}
+}
+
+// A value written by the first release, in JSON, is still served, so that
+// both releases can share Redis during a rolling update.
+func TestFirstReleaseValueIsRead(t *testing.T) {
+	rdb, _ := backends()[0].open(t)
+	up := &fakeUpstream{}
+	c := newCache(t, rdb, up, testOptions(nil))
+	old := `{"v":1,"t":{"token":"old-token","mediaChannelKey":"mck","roomId":"100","issuedAt":"` +
+		time.Now().UTC().Format(time.RFC3339Nano) + `"},"until":"` + time.Now().Add(time.Hour).UTC().Format(time.RFC3339Nano) + `"}`
+	rdb.Set(context.Background(), viewerKey.redisKeys("tc:").value, old, time.Hour)
+	tok, res, err := c.Get(context.Background(), viewerKey)
+	if err != nil || res != ResultHitRedis || tok.Token != "old-token" || tok.RoomID != "100" {
+		t.Errorf("Get() over a first-release value = %+v, %v, %v", tok, res, err)
+	}
+	if up.calls.Load() != 0 {
+		t.Error("a first-release value was fetched again")
 	}
 }
 
