@@ -58,15 +58,6 @@ qa=$(port); start_peer peer_local "$qa" "$fast" 1
 qb=$(port); start_peer peer_redis "$qb" "$fast" 1 -local 0
 qc=$(port); start_peer peer_miss "$qc" "$slow" 2
 
-# The fleets: 3 instances of each service on one Redis, with a simulator
-# of their own so that its call count is theirs alone.
-fsim=$(port); "$bin/polyvsim" -addr "127.0.0.1:$fsim" -latency "$SIM_LATENCY" 2>"$work/sim-fleet.log" & pids+=($!)
-wait_http "http://127.0.0.1:$fsim/stats"
-tc_fleet=() peer_fleet=()
-for i in 1 2 3; do
-  p=$(port); start_tc "fleet_tc_$i" "$p" "$fsim" TOKENCACHE_KEY_PREFIX=fleet:; tc_fleet+=("http://127.0.0.1:$p")
-  p=$(port); start_peer "fleet_peer_$i" "$p" "$fsim" 3; peer_fleet+=("http://127.0.0.1:$p")
-done
 
 echo "warming $((CHANNELS * USERS)) tokens..." >&2
 "$bin/tokenload" warm -quiet -target "http://127.0.0.1:$pb" -key bench -generate $((CHANNELS * USERS)) -channels $CHANNELS -out "$work/pool.jsonl" >&2
@@ -99,6 +90,16 @@ attack peer_local "$qa"
 attack peer_redis "$qb"
 attack peer_miss "$qc" -miss-ratio 1
 
+# The fleets, started only now so that they idle through no other run: 3
+# instances of each service on one Redis, with a simulator of their own so
+# that its call count is theirs alone.
+fsim=$(port); "$bin/polyvsim" -addr "127.0.0.1:$fsim" -latency "$SIM_LATENCY" 2>"$work/sim-fleet.log" & pids+=($!)
+wait_http "http://127.0.0.1:$fsim/stats"
+tc_fleet=() peer_fleet=()
+for i in 1 2 3; do
+  p=$(port); start_tc "fleet_tc_$i" "$p" "$fsim" TOKENCACHE_KEY_PREFIX=fleet:; tc_fleet+=("http://127.0.0.1:$p")
+  p=$(port); start_peer "fleet_peer_$i" "$p" "$fsim" 3; peer_fleet+=("http://127.0.0.1:$p")
+done
 stampede() { # name targets
   echo "stampede $1 (3 instances, 1 key, 300 concurrent)..." >&2
   "$bin/tokenload" attack -quiet -json -name "$1" -target "$2" -key bench -stats "http://127.0.0.1:$fsim" \
