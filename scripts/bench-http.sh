@@ -14,7 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
 WORKERS=${WORKERS:-32}
 SIM_LATENCY=${SIM_LATENCY:-100ms}
 CHANNELS=10
@@ -69,12 +70,12 @@ curl -fsS -H 'Authorization: Bearer bench' \
 pa=$(port); "$bin/tokenload" baseline -addr "127.0.0.1:$pa" -body-file "$work/body.json" 2>"$work/baseline.log" & pids+=($!)
 wait_http "http://127.0.0.1:$pa/healthz"
 
-attack() { # name port extra-args...
-  local name=$1 p=$2; shift 2
-  echo "attack $name ($DURATION, $WORKERS concurrent)..." >&2
+attack() { # name round port extra-args...
+  local name=$1 round=$2 p=$3; shift 3
+  echo "round $round: attack $name ($DURATION, $WORKERS concurrent)..." >&2
   "$bin/tokenload" attack -quiet -json -name "$name" -target "http://127.0.0.1:$p" -key bench \
     -rate 0 -workers "$WORKERS" -max-workers "$WORKERS" -duration "$DURATION" \
-    -channels $CHANNELS -users $USERS -popularity uniform "$@" >"$work/$name.json"
+    -channels $CHANNELS -users $USERS -popularity uniform "$@" >"$work/$name.$round.json"
 }
 # The peer has no bulk route to warm from: a short attack over the same
 # known users fetches them all (each about 10 times over).
@@ -82,13 +83,18 @@ echo "warming the peer..." >&2
 "$bin/tokenload" attack -quiet -target "http://127.0.0.1:$qa" -rate 0 -workers "$WORKERS" -max-workers "$WORKERS" \
   -duration 3s -channels $CHANNELS -users $USERS -popularity uniform >/dev/null
 
-attack ceiling "$pa"
-attack hit_local "$pb"
-attack hit_redis "$pc"
-attack miss "$pd" -miss-ratio 1
-attack peer_local "$qa"
-attack peer_redis "$qb"
-attack peer_miss "$qc" -miss-ratio 1
+# Rounds of every run in turn: each row's ratio is the median of its
+# rounds' ratios to the ceiling's round, so drift in the machine's speed
+# during the run skews no row.
+for round in $(seq "$ROUNDS"); do
+  attack ceiling "$round" "$pa"
+  attack hit_local "$round" "$pb"
+  attack hit_redis "$round" "$pc"
+  attack miss "$round" "$pd" -miss-ratio 1
+  attack peer_local "$round" "$qa"
+  attack peer_redis "$round" "$qb"
+  attack peer_miss "$round" "$qc" -miss-ratio 1
+done
 
 # The fleets, started only now so that they idle through no other run: 3
 # instances of each service on one Redis, with a simulator of their own so
@@ -103,14 +109,14 @@ done
 stampede() { # name targets
   echo "stampede $1 (3 instances, 1 key, 300 concurrent)..." >&2
   "$bin/tokenload" attack -quiet -json -name "$1" -target "$2" -key bench -stats "http://127.0.0.1:$fsim" \
-    -rate 0 -workers 300 -max-workers 300 -duration 1s -channels 1 -users 1 >"$work/$1.json"
+    -rate 0 -workers 300 -max-workers 300 -duration 1s -channels 1 -users 1 >"$work/$1.1.json"
 }
 stampede fleet_tokencache "$(IFS=,; echo "${tc_fleet[*]}")"
 stampede fleet_peer "$(IFS=,; echo "${peer_fleet[*]}")"
 
 runs=(ceiling hit_local hit_redis miss peer_local peer_redis peer_miss fleet_tokencache fleet_peer)
 table=$("$bin/tokenload" compare -markdown -miss miss,peer_miss -sim-latency "$SIM_LATENCY" \
-  $(for r in "${runs[@]}"; do echo "$r=$work/$r.json"; done))
+  $(for r in "${runs[@]}"; do echo "$r=$(ls "$work/$r".*.json | paste -sd,)"; done))
 echo "$table"
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
@@ -120,8 +126,9 @@ section=$(cat <<MD
 
 One run of \`scripts/bench-http.sh\` on $(date -u +%Y-%m-%d): $(nproc) vCPU ($cpu), $(free -g | awk '/Mem:/{print $2}') GB,
 redis-server $(redis-server --version | cut -d' ' -f3 | sed 's/v=//'). Every run is \`tokenload attack\` with $WORKERS concurrent requests for $DURATION
-over loopback, against one server process; the load generator shares the machine's cores with the server, the same
-for every row. Hit runs read $((CHANNELS * USERS)) tokens warmed beforehand; the miss runs ask for a new user every
+over loopback, against one server process, $ROUNDS times in turn; the load generator shares the machine's cores with the
+server, the same for every row. A row's ratio is the median of its rounds' ratios to the ceiling's round; its
+throughput is the median round's, its latencies the median round's. Hit runs read $((CHANNELS * USERS)) tokens warmed beforehand; the miss runs ask for a new user every
 time, from a simulator answering after $SIM_LATENCY. "vs ceiling" is throughput divided by the ceiling's, measured in
 the same run. \`peer_*\` is bench/peer, the go-redis/cache service (echo + \`cache.Once\`, TinyLFU local cache or
 Redis only, no logging, metrics or auth). \`fleet_*\` is 300 concurrent requests for one new key spread over 3

@@ -15,7 +15,10 @@ import (
 )
 
 // compareCmd prints attack reports side by side, with each one's throughput
-// as a ratio of the first (the baseline) measured in the same run.
+// as a ratio of the first (the baseline) measured in the same run. A label
+// may name several rounds (label=a.json,b.json): its ratio is the median of
+// each round's ratio to the baseline's round of the same number, so that a
+// machine whose speed drifts during the run skews no row.
 func compareCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tokenload compare", flag.ContinueOnError)
 	markdown := fs.Bool("markdown", false, "print a Markdown table")
@@ -26,64 +29,116 @@ func compareCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if fs.NArg() == 0 {
-		return errors.New("usage: tokenload compare [-markdown] label=report.json [label=report.json]")
+		return errors.New("usage: tokenload compare [-markdown] label=report.json[,round2.json...] [label=report.json...]")
 	}
 	var labels []string
-	var reps []attackReport
+	var runs [][]attackReport // per label, its rounds
 	for _, a := range fs.Args() {
-		label, path, ok := strings.Cut(a, "=")
+		label, paths, ok := strings.Cut(a, "=")
 		if !ok {
 			return fmt.Errorf("%q: want label=report.json", a)
 		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
+		var rounds []attackReport
+		for _, path := range strings.Split(paths, ",") {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			var r attackReport
+			if err := json.Unmarshal(b, &r); err != nil {
+				return fmt.Errorf("%s: %v", path, err)
+			}
+			rounds = append(rounds, r)
 		}
-		var r attackReport
-		if err := json.Unmarshal(b, &r); err != nil {
-			return fmt.Errorf("%s: %v", path, err)
+		if len(runs) > 0 && len(rounds) > len(runs[0]) {
+			return fmt.Errorf("%s has %d rounds, the baseline only %d", label, len(rounds), len(runs[0]))
 		}
-		labels, reps = append(labels, label), append(reps, r)
+		labels, runs = append(labels, label), append(runs, rounds)
 	}
 	for _, name := range missNames {
 		if !slices.Contains(labels, name) {
 			return fmt.Errorf("-miss %s: no report has that label", name)
 		}
 	}
-	base := reps[0].Throughput
 	sep, start, end := "\t", "", ""
 	if *markdown {
 		sep, start, end = " | ", "| ", " |"
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	row := func(cells ...string) { fmt.Fprintln(tw, start+strings.Join(cells, sep)+end) }
-	row("run", "requests", "throughput/s", "vs "+labels[0], "p50", "p90", "p99", "max", "non-200", "Polyv calls")
+	row("run", "rounds", "requests", "throughput/s", "vs "+labels[0], "p50", "p90", "p99", "max", "non-200", "Polyv calls")
 	if *markdown {
-		row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
+		row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
 	}
-	for i, r := range reps {
-		non200 := 0
-		for code, n := range r.StatusCodes {
-			if code != "200" {
-				non200 += n
+	for i, rounds := range runs {
+		var requests uint64
+		var non200 int
+		var calls *int64
+		var ratios, throughputs []float64
+		for j, r := range rounds {
+			requests += r.Requests
+			throughputs = append(throughputs, r.Throughput)
+			if base := runs[0][j].Throughput; base > 0 {
+				ratios = append(ratios, r.Throughput/base)
+			}
+			for code, n := range r.StatusCodes {
+				if code != "200" {
+					non200 += n
+				}
+			}
+			if r.UpstreamSim != nil {
+				if calls == nil {
+					calls = new(int64)
+				}
+				*calls += *r.UpstreamSim
 			}
 		}
-		ratio := "-"
-		if base > 0 {
-			ratio = fmt.Sprintf("%.2f", r.Throughput/base)
+		ratio, callCell := "-", "-"
+		if len(ratios) > 0 {
+			ratio = fmt.Sprintf("%.2f", median(ratios))
 		}
-		calls := "-"
-		if r.UpstreamSim != nil {
-			calls = fmt.Sprint(*r.UpstreamSim)
+		if calls != nil {
+			callCell = fmt.Sprint(*calls)
 		}
-		row(labels[i], fmt.Sprint(r.Requests), fmt.Sprintf("%.0f", r.Throughput), ratio, r.LatencyP50, r.LatencyP90, r.LatencyP99, r.LatencyMax, fmt.Sprint(non200), calls)
+		typical := medianRound(rounds) // latencies are the median round's
+		row(labels[i], fmt.Sprint(len(rounds)), fmt.Sprint(requests), fmt.Sprintf("%.0f", median(throughputs)), ratio,
+			typical.LatencyP50, typical.LatencyP90, typical.LatencyP99, typical.LatencyMax, fmt.Sprint(non200), callCell)
 	}
 	tw.Flush()
 	for _, name := range missNames {
-		i := slices.Index(labels, name)
+		rounds := runs[slices.Index(labels, name)]
+		var p50s []float64
+		for _, r := range rounds {
+			p50s = append(p50s, r.LatencyP50Ms)
+		}
+		p50 := median(p50s)
 		sim := float64(missLatency.Microseconds()) / 1000
 		fmt.Fprintf(stdout, "\n%s overhead: median miss latency %.1f ms - simulator latency %.0f ms = %.1f ms\n",
-			name, reps[i].LatencyP50Ms, sim, reps[i].LatencyP50Ms-sim)
+			name, p50, sim, p50-sim)
 	}
 	return nil
+}
+
+// median of xs (not empty); the mean of the middle two for an even count.
+func median(xs []float64) float64 {
+	s := slices.Sorted(slices.Values(xs))
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// medianRound is the round of median throughput (the lower of the middle two).
+func medianRound(rounds []attackReport) attackReport {
+	s := slices.SortedFunc(slices.Values(rounds), func(a, b attackReport) int {
+		switch {
+		case a.Throughput < b.Throughput:
+			return -1
+		case a.Throughput > b.Throughput:
+			return 1
+		}
+		return 0
+	})
+	return s[(len(s)-1)/2]
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -270,7 +271,7 @@ func TestCompare(t *testing.T) {
 	if err := run(context.Background(), args, &out, &out); err != nil {
 		t.Fatalf("compare: %v\n%s", err, out.String())
 	}
-	for _, want := range []string{"| miss | 50 | 5 | 0.05 |", "| - |", "| 3 |",
+	for _, want := range []string{"| miss | 1 | 50 | 5 | 0.05 |", "| - |", "| 3 |",
 		"miss overhead: median miss latency 102.5 ms - simulator latency 100 ms = 2.5 ms",
 		"peer_miss overhead: median miss latency 101.2 ms - simulator latency 100 ms = 1.2 ms"} {
 		if !strings.Contains(out.String(), want) {
@@ -279,5 +280,28 @@ func TestCompare(t *testing.T) {
 	}
 	if err := run(context.Background(), append(args[:6:6], "-miss", "nope", args[6]), &out, &out); err == nil {
 		t.Error("compare accepted -miss naming no report")
+	}
+
+	// Rounds: each round's ratio is to the baseline's same round, and the
+	// row shows their median. The machine ran at half speed in round 2.
+	rounds := func(label string, rs ...attackReport) string {
+		var paths []string
+		for i, r := range rs {
+			paths = append(paths, strings.TrimPrefix(write(fmt.Sprint(label, i), r), fmt.Sprint(label, i, "=")))
+		}
+		return label + "=" + strings.Join(paths, ",")
+	}
+	out.Reset()
+	err := run(context.Background(), []string{"compare", "-markdown", "-miss", "m", "-sim-latency", "100ms",
+		rounds("ceiling", attackReport{Throughput: 100}, attackReport{Throughput: 50}, attackReport{Throughput: 100}),
+		rounds("hit", attackReport{Throughput: 90, LatencyP50: "1ms"}, attackReport{Throughput: 46, LatencyP50: "2ms"}, attackReport{Throughput: 80, LatencyP50: "3ms"}),
+		rounds("m", attackReport{LatencyP50Ms: 103}, attackReport{LatencyP50Ms: 109}, attackReport{LatencyP50Ms: 104})}, &out, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| hit | 3 | 0 | 80 | 0.90 | 3ms |", "m overhead: median miss latency 104.0 ms - simulator latency 100 ms = 4.0 ms"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("compare output lacks %q:\n%s", want, out.String())
+		}
 	}
 }
