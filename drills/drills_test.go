@@ -6,26 +6,18 @@ import (
 	"time"
 )
 
-func init() {
-	drillNotes["TestDrillRedisKilled"] = "redis-server is killed mid-run and restarted empty. Instances go on from their local caches and Polyv (per-process coalescing, local rate limit), then use Redis again by themselves. Bound: Polyv calls ≤ keys × (instances + 1)."
-	drillNotes["TestDrillPolyv5xx"] = "The simulator answers 30% of calls with 500 fail. The client retries, so most misses still succeed; the rest get 502 upstream_error. Bound: Polyv issues at most one token per key (a stored token is never fetched again)."
-	drillNotes["TestDrillPolyvSlow"] = "The simulator answers after 10 s. Warm keys keep being served; misses get 504 upstream_timeout after the attempts (POLYV_TIMEOUT=2s) run out. Bound: at most 3 attempts per new key."
-	drillNotes["TestDrillPolyvRateLimited"] = "The simulator answers with Polyv's qps error. Warm keys keep being served; misses get 503 upstream_unavailable with Retry-After; nothing is stored, so they succeed once the limit lifts."
-	drillNotes["TestDrillInstanceKilled"] = "One of two instances is killed mid-run. Its requests fail at the transport level (a load balancer would route away); the other instance answers everything. Bound: one Polyv call per key, as the fleet shares Redis."
-	drillNotes["TestDrillColdStampede"] = "2000 first requests for 50 keys arrive at once (one per worker, 2000 workers) across 3 instances, with Polyv at 1 s. Bound: exactly 50 Polyv calls."
-}
-
 func TestDrillRedisKilled(t *testing.T) {
+	dr := newDrill(t, "redis-server is killed mid-run and restarted empty. Instances go on from their local caches and Polyv (per-process coalescing, local rate limit), then use Redis again by themselves. Bound: Polyv calls ≤ keys × (instances + 1).")
 	s := newStack(t, 2, "-latency", "20ms")
 	d := phase(2*time.Second, 10*time.Second)
 	before := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String())
 	only200(t, "before", before)
-	record(t, "before", before, "")
+	dr.record("before", before, "")
 
 	s.redis.Kill()
 	during := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String(), "-miss-ratio", "0.1")
 	only200(t, "Redis down", during)
-	record(t, "Redis down", during, "")
+	dr.record("Redis down", during, "")
 
 	s.redis.Restart(t)
 	for _, n := range s.nodes {
@@ -37,7 +29,7 @@ func TestDrillRedisKilled(t *testing.T) {
 	}
 	after := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String(), "-miss-ratio", "0.1")
 	only200(t, "after restart", after)
-	record(t, "after restart", after, "")
+	dr.record("after restart", after, "")
 
 	// Tokens fetched after the restart are stored in Redis again.
 	keys, err := s.redis.Client(t).Keys(t.Context(), "tc:v1:*").Result()
@@ -52,6 +44,7 @@ func TestDrillRedisKilled(t *testing.T) {
 }
 
 func TestDrillPolyv5xx(t *testing.T) {
+	dr := newDrill(t, "The simulator answers 30% of calls with 500 fail. The client retries, so most misses still succeed; the rest get 502 upstream_error. Bound: Polyv issues at most one token per key (a stored token is never fetched again).")
 	s := newStack(t, 2, "-latency", "10ms")
 	d := phase(2*time.Second, 10*time.Second)
 	s.sim.control(t, `{"errorRate":0.3}`)
@@ -62,19 +55,20 @@ func TestDrillPolyv5xx(t *testing.T) {
 			t.Errorf("error %s, want only 502 upstream_error", code)
 		}
 	}
-	record(t, "30% of Polyv calls fail", faulty, "")
+	dr.record("30% of Polyv calls fail", faulty, "")
 	_, issued := s.sim.simStats(t)
 	if issued > int64(faulty.DistinctKeys) {
 		t.Errorf("Polyv issued %d tokens for %d keys: a key was fetched twice", issued, faulty.DistinctKeys)
 	}
 
 	s.sim.control(t, `{"errorRate":0}`)
-	phaseAll200(t, s, "fault lifted", s.targets(), "-duration", d.String(), "-miss-ratio", "0.2")
+	phaseAll200(dr, s, "fault lifted", s.targets(), "-duration", d.String(), "-miss-ratio", "0.2")
 }
 
 func TestDrillPolyvSlow(t *testing.T) {
+	dr := newDrill(t, "The simulator answers after 10 s. Warm keys keep being served; misses get 504 upstream_timeout after the attempts (POLYV_TIMEOUT=2s) run out. Bound: at most 3 attempts per new key.")
 	s := newStack(t, 2)
-	phaseAll200(t, s, "warm-up", s.targets(), "-duration", "1s")
+	phaseAll200(dr, s, "warm-up", s.targets(), "-duration", "1s")
 
 	s.sim.control(t, `{"latency":"10s"}`)
 	callsBefore, _ := s.sim.simStats(t)
@@ -94,15 +88,16 @@ func TestDrillPolyvSlow(t *testing.T) {
 	if fresh := slow.StatusCodes["504"]; calls-callsBefore > int64(3*fresh) {
 		t.Errorf("%d Polyv calls for %d new keys, bound %d", calls-callsBefore, fresh, 3*fresh)
 	}
-	record(t, "Polyv answers after 10 s", slow, "")
+	dr.record("Polyv answers after 10 s", slow, "")
 
 	s.sim.control(t, `{"latency":"0s"}`)
-	phaseAll200(t, s, "fault lifted", s.targets(), "-duration", "1s", "-miss-ratio", "0.2")
+	phaseAll200(dr, s, "fault lifted", s.targets(), "-duration", "1s", "-miss-ratio", "0.2")
 }
 
 func TestDrillPolyvRateLimited(t *testing.T) {
+	dr := newDrill(t, "The simulator answers with Polyv's qps error. Warm keys keep being served; misses get 503 upstream_unavailable with Retry-After; nothing is stored, so they succeed once the limit lifts.")
 	s := newStack(t, 2)
-	phaseAll200(t, s, "warm-up", s.targets(), "-duration", "1s")
+	phaseAll200(dr, s, "warm-up", s.targets(), "-duration", "1s")
 
 	s.sim.control(t, `{"rateLimit":1}`)
 	limited := attack(t, s, s.targets(), "-rate", "200", "-duration", phase(2*time.Second, 10*time.Second).String(), "-miss-ratio", "0.2")
@@ -115,13 +110,14 @@ func TestDrillPolyvRateLimited(t *testing.T) {
 			t.Errorf("error %s, want only 503 upstream_unavailable", code)
 		}
 	}
-	record(t, "Polyv answers qps exceeded", limited, "")
+	dr.record("Polyv answers qps exceeded", limited, "")
 
 	s.sim.control(t, `{"rateLimit":0}`)
-	phaseAll200(t, s, "fault lifted", s.targets(), "-duration", "1s", "-miss-ratio", "0.2")
+	phaseAll200(dr, s, "fault lifted", s.targets(), "-duration", "1s", "-miss-ratio", "0.2")
 }
 
 func TestDrillInstanceKilled(t *testing.T) {
+	dr := newDrill(t, "One of two instances is killed mid-run. Its requests fail at the transport level (a load balancer would route away); the other instance answers everything. Bound: one Polyv call per key, as the fleet shares Redis.")
 	s := newStack(t, 2, "-latency", "20ms")
 	d := phase(3*time.Second, 10*time.Second)
 	killed := make(chan struct{})
@@ -136,16 +132,17 @@ func TestDrillInstanceKilled(t *testing.T) {
 	if r.Transport == 0 {
 		t.Error("no transport errors: the instance was not killed mid-run")
 	}
-	record(t, "one of two instances killed", r, "")
+	dr.record("one of two instances killed", r, "")
 	_, issued := s.sim.simStats(t)
 	if issued > int64(r.DistinctKeys)+int64(r.Transport) {
 		t.Errorf("Polyv issued %d tokens for %d keys", issued, r.DistinctKeys)
 	}
 
-	phaseAll200(t, s, "survivor alone", s.nodes[1].URL, "-duration", "1s")
+	phaseAll200(dr, s, "survivor alone", s.nodes[1].URL, "-duration", "1s")
 }
 
 func TestDrillColdStampede(t *testing.T) {
+	dr := newDrill(t, "2000 first requests for 50 keys arrive at once (one per worker, 2000 workers) across 3 instances, with Polyv at 1 s. Bound: exactly 50 Polyv calls.")
 	s := newStack(t, 3, "-latency", "1s")
 	// Rate 0: each of the 2000 workers sends one request as soon as it
 	// starts; Polyv's 1 s latency outlasts the 500 ms attack, so none sends a
@@ -160,7 +157,7 @@ func TestDrillColdStampede(t *testing.T) {
 	if issued != 50 {
 		t.Errorf("Polyv issued %d tokens for 50 keys, want exactly 50", issued)
 	}
-	record(t, "2000 first requests, 50 keys, 3 instances", r, "(exactly 50 required)")
+	dr.record("2000 first requests, 50 keys, 3 instances", r, "(exactly 50 required)")
 	if !strings.Contains(fmtMap(r.CacheStatus), "collapsed") {
 		t.Errorf("no collapsed requests: %v", r.CacheStatus)
 	}
@@ -168,9 +165,9 @@ func TestDrillColdStampede(t *testing.T) {
 
 // phaseAll200 runs one attack at 200/s that must be answered 200 throughout,
 // and records it.
-func phaseAll200(t *testing.T, s *stack, name, targets string, args ...string) {
-	t.Helper()
-	r := attack(t, s, targets, append([]string{"-rate", "200"}, args...)...)
-	only200(t, name, r)
-	record(t, name, r, "")
+func phaseAll200(d *drill, s *stack, name, targets string, args ...string) {
+	d.t.Helper()
+	r := attack(d.t, s, targets, append([]string{"-rate", "200"}, args...)...)
+	only200(d.t, name, r)
+	d.record(name, r, "")
 }

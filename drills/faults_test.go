@@ -11,12 +11,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-func init() {
-	drillNotes["TestDrillPubSubKilled"] = "Under load, the instances' pub/sub connections are killed (`CLIENT KILL TYPE pubsub`) right before each of 10 deletes. An instance drops its local cache whenever it subscribes again. Bound: 2 s after a DELETE returns 204, no instance serves the deleted token."
-	drillNotes["TestDrillRedisStalled"] = "Redis stalls for 2 s (`DEBUG SLEEP 2`) three times under load. Redis commands end by their 300 ms timeout or the caller's deadline; warm keys are served from the local cache and new keys are fetched by the instance alone. Bound: every request answered 200."
-	drillNotes["TestDrillRefreshWave"] = "TTL 4 s and refresh-after 1 s, so every token is refreshed or expires during the run; Polyv fails every call for 3 s in the middle. Stale tokens are served while refreshes fail, misses get 502, and once Polyv recovers every key is fetched again at once: a failed refresh never blocks its key."
-}
-
 // tokenCall sends one chat-token request for user to node and returns the
 // token ("" for no token).
 func tokenCall(method, node, user string) (string, error) {
@@ -79,6 +73,7 @@ func deleteRounds(s *stack, admin interface {
 }
 
 func TestDrillPubSubKilled(t *testing.T) {
+	dr := newDrill(t, "Under load, the instances' pub/sub connections are killed (`CLIENT KILL TYPE pubsub`) right before each of 10 deletes. An instance drops its local cache whenever it subscribes again. Bound: 2 s after a DELETE returns 204, no instance serves the deleted token.")
 	s := newStack(t, 2, "-latency", "10ms")
 	type outcome struct {
 		slowest time.Duration
@@ -96,12 +91,13 @@ func TestDrillPubSubKilled(t *testing.T) {
 		t.Fatal(o.err)
 	}
 	only200(t, "pub/sub killed before each of 10 deletes", r)
-	record(t, "pub/sub killed before each of 10 deletes", r, fmt.Sprintf("(deleted token gone everywhere within %v)", o.slowest.Round(time.Millisecond)))
+	dr.record("pub/sub killed before each of 10 deletes", r, fmt.Sprintf("(deleted token gone everywhere within %v)", o.slowest.Round(time.Millisecond)))
 }
 
 func TestDrillRedisStalled(t *testing.T) {
+	dr := newDrill(t, "Redis stalls for 2 s (`DEBUG SLEEP 2`) three times under load. Redis commands end by their 300 ms timeout or the caller's deadline; warm keys are served from the local cache and new keys are fetched by the instance alone. Bound: every request answered 200.")
 	s := newStackWith(t, 2, []string{"--enable-debug-command", "local"}, nil, "-latency", "10ms")
-	phaseAll200(t, s, "warm-up", s.targets(), "-duration", "1s")
+	phaseAll200(dr, s, "warm-up", s.targets(), "-duration", "1s")
 	admin := s.redis.Client(t)
 	d := phase(4*time.Second, 10*time.Second)
 	stalls := make(chan struct{})
@@ -115,13 +111,14 @@ func TestDrillRedisStalled(t *testing.T) {
 	r := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String(), "-miss-ratio", "0.1", "-timeout", "5s")
 	<-stalls
 	only200(t, "Redis stalled", r)
-	record(t, "Redis stalls 2 s, three times", r, "")
-	phaseAll200(t, s, "after the stalls", s.targets(), "-duration", "1s", "-miss-ratio", "0.1")
+	dr.record("Redis stalls 2 s, three times", r, "")
+	phaseAll200(dr, s, "after the stalls", s.targets(), "-duration", "1s", "-miss-ratio", "0.1")
 }
 
 func TestDrillRefreshWave(t *testing.T) {
+	dr := newDrill(t, "TTL 4 s and refresh-after 1 s, so every token is refreshed or expires during the run; Polyv fails every call for 3 s in the middle. Stale tokens are served while refreshes fail, misses get 502, and once Polyv recovers every key is fetched again at once: a failed refresh never blocks its key.")
 	s := newStackWith(t, 2, nil, []string{"TOKENCACHE_TTL=4s", "TOKENCACHE_REFRESH_AFTER=1s"}, "-latency", "10ms")
-	phaseAll200(t, s, "warm-up", s.targets(), "-duration", "2s")
+	phaseAll200(dr, s, "warm-up", s.targets(), "-duration", "2s")
 
 	s.sim.control(t, `{"errorRate":1}`)
 	failing := attack(t, s, s.targets(), "-rate", "200", "-duration", "3s", "-miss-ratio", "0.1")
@@ -129,8 +126,8 @@ func TestDrillRefreshWave(t *testing.T) {
 	if failing.StatusCodes["200"] == 0 {
 		t.Errorf("statuses %v: no stale token served while Polyv failed", failing.StatusCodes)
 	}
-	record(t, "Polyv fails every call; refreshes fail", failing, "")
+	dr.record("Polyv fails every call; refreshes fail", failing, "")
 
 	s.sim.control(t, `{"errorRate":0}`)
-	phaseAll200(t, s, "Polyv recovered: every key fetched again", s.targets(), "-duration", phase(3*time.Second, 10*time.Second).String(), "-miss-ratio", "0.1")
+	phaseAll200(dr, s, "Polyv recovered: every key fetched again", s.targets(), "-duration", phase(3*time.Second, 10*time.Second).String(), "-miss-ratio", "0.1")
 }

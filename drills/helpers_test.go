@@ -293,20 +293,40 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// results collects one line per drill phase for the Markdown report.
+// drill is one drill's section of the Markdown report: what it does, and
+// one line per phase.
+type drill struct {
+	t     *testing.T
+	about string
+
+	mu   sync.Mutex
+	rows []string
+}
+
+// drills are the sections of the report, in the order the drills started.
 var (
-	resultsMu sync.Mutex
-	results   = map[string][]string{}
+	drillsMu sync.Mutex
+	drills   []*drill
 )
 
-func record(t *testing.T, phase string, r report, note string) {
-	resultsMu.Lock()
-	defer resultsMu.Unlock()
+// newDrill starts t's section of the report, described by about.
+func newDrill(t *testing.T, about string) *drill {
+	d := &drill{t: t, about: about}
+	drillsMu.Lock()
+	drills = append(drills, d)
+	drillsMu.Unlock()
+	return d
+}
+
+// record adds one phase's line.
+func (d *drill) record(phase string, r report, note string) {
 	sim := "-"
 	if r.UpstreamSim != nil {
 		sim = fmt.Sprint(*r.UpstreamSim)
 	}
-	results[t.Name()] = append(results[t.Name()], fmt.Sprintf("| %s | %d | %s | %s | %s | %s | %d | %s |",
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.rows = append(d.rows, fmt.Sprintf("| %s | %d | %s | %s | %s | %s | %d | %s |",
 		phase, r.Requests, fmtMap(r.StatusCodes), fmtMap(r.ErrorCodes), r.LatencyP50, r.LatencyP99, r.Transport, sim+" "+note))
 }
 
@@ -338,21 +358,14 @@ func writeReport() {
 	b.WriteString("simulator issued for that very key), every error in the API's error table, Polyv calls within the coalescing\n")
 	b.WriteString("bound, and recovery once the fault ends. CI runs the same drills in a short form on every change.\n\n")
 	fmt.Fprintf(&b, "Run on %s, %d vCPU.\n", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU())
-	names := make([]string, 0, len(results))
-	for n := range results {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(&b, "\n## %s\n\n%s\n\n", strings.TrimPrefix(n, "TestDrill"), drillNotes[n])
+	sorted := slices.SortedFunc(slices.Values(drills), func(a, b *drill) int { return strings.Compare(a.t.Name(), b.t.Name()) })
+	for _, d := range sorted {
+		fmt.Fprintf(&b, "\n## %s\n\n%s\n\n", strings.TrimPrefix(d.t.Name(), "TestDrill"), d.about)
 		b.WriteString("| phase | requests | statuses | error codes | p50 | p99 | transport errors | Polyv calls |\n")
 		b.WriteString("| --- | ---: | --- | --- | ---: | ---: | ---: | --- |\n")
-		for _, line := range results[n] {
+		for _, line := range d.rows {
 			b.WriteString(line + "\n")
 		}
 	}
 	_ = os.WriteFile(path, []byte(b.String()), 0o644)
 }
-
-// drillNotes describes each drill in the report.
-var drillNotes = map[string]string{}
