@@ -27,7 +27,7 @@ func TestConcurrentRedisHitsShareRoundTrips(t *testing.T) {
 	ctx := context.Background()
 	want := map[int]string{}
 	for i := range 100 {
-		tok, _, err := c.Get(ctx, ChatKey("c", fmt.Sprint(i), "viewer", ""))
+		tok, _, err := c.Get(ctx, Key{ChannelID: "c", UserID: fmt.Sprint(i), Role: "viewer"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -36,7 +36,7 @@ func TestConcurrentRedisHitsShareRoundTrips(t *testing.T) {
 	var trips tripCounter
 	rdb.AddHook(&trips)
 	hammer(1000, func(i int) {
-		tok, res, err := c.Get(ctx, ChatKey("c", fmt.Sprint(i%100), "viewer", ""))
+		tok, res, err := c.Get(ctx, Key{ChannelID: "c", UserID: fmt.Sprint(i % 100), Role: "viewer"})
 		if err != nil || res != ResultHitRedis || tok.Token != want[i%100] {
 			t.Errorf("Get(%d) = %q, %v, %v; want %q from Redis", i%100, tok.Token, res, err, want[i%100])
 		}

@@ -52,7 +52,7 @@ func BenchmarkGet(b *testing.B) {
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				k := ChatKey("bench", fmt.Sprint(n.Add(1)), "viewer", "")
+				k := Key{ChannelID: "bench", UserID: fmt.Sprint(n.Add(1)), Role: "viewer"}
 				if _, res, err := c.Get(context.Background(), k); err != nil || res != ResultMiss {
 					b.Errorf("Get() = %v, %v", res, err)
 					return
@@ -67,7 +67,7 @@ func benchHits(b *testing.B, c *Cache) {
 	ctx := context.Background()
 	keys := make([]Key, 1000)
 	for i := range keys {
-		keys[i] = ChatKey("bench", fmt.Sprint(i), "viewer", "web")
+		keys[i] = Key{ChannelID: "bench", UserID: fmt.Sprint(i), Role: "viewer", Origin: "web"}
 		if _, _, err := c.Get(ctx, keys[i]); err != nil {
 			b.Fatal(err)
 		}

@@ -18,14 +18,14 @@ func TestCallerDeadlinesNeverTripTheBreaker(t *testing.T) {
 		c := newCache(t, rdb, up, testOptions(nil))
 		for i := range 3 * int(c.opts.BreakerFailures) {
 			ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Millisecond))
-			_, _, _ = c.Get(ctx, ChatKey("c", fmt.Sprint(i), "viewer", ""))
+			_, _, _ = c.Get(ctx, Key{ChannelID: "c", UserID: fmt.Sprint(i), Role: "viewer"})
 			cancel()
 		}
 		// Deadlines that end while the command is under way.
 		hammer(20, func(i int) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(i%3)*time.Millisecond)
 			defer cancel()
-			_, _, _ = c.Get(ctx, ChatKey("d", fmt.Sprint(i), "viewer", ""))
+			_, _, _ = c.Get(ctx, Key{ChannelID: "d", UserID: fmt.Sprint(i), Role: "viewer"})
 		})
 		if got := c.RedisCircuit(); got != "closed" {
 			t.Errorf("circuit = %s after callers' deadlines on a healthy Redis, want closed", got)

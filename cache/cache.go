@@ -238,7 +238,7 @@ func (c *Cache) Close() error {
 
 // ChatToken returns the chat token for req.
 func (c *Cache) ChatToken(ctx context.Context, req polyv.ChatTokenRequest) (Token, Result, error) {
-	return c.Get(ctx, ChatKey(req.ChannelID, req.UserID, req.Role, req.Origin))
+	return c.Get(ctx, Key{ChannelID: req.ChannelID, UserID: req.UserID, Role: req.Role, Origin: req.Origin})
 }
 
 // ChannelToken returns the old channel token of channelID.

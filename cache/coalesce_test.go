@@ -132,7 +132,7 @@ func TestFleetCoalescing(t *testing.T) {
 			up.calls.Store(0)
 			var failures atomic.Int64
 			hammer(100*3*4, func(i int) {
-				k := ChatKey("ch", fmt.Sprintf("user-%d", i%100), "viewer", "")
+				k := Key{ChannelID: "ch", UserID: fmt.Sprintf("user-%d", i%100), Role: "viewer"}
 				if _, _, err := fleet[i%3].Get(context.Background(), k); err != nil {
 					failures.Add(1)
 				}

@@ -78,7 +78,7 @@ func (w *faultWorld) fail(t *rapid.T, format string, args ...any) {
 	t.Fatalf(format+"\nhistory:\n%s", append(args, strings.Join(w.history, "\n"))...)
 }
 
-func (w *faultWorld) key(user string) Key { return ChatKey("c", user, "viewer", "") }
+func (w *faultWorld) key(user string) Key { return Key{ChannelID: "c", UserID: user, Role: "viewer"} }
 
 // allowAll lets every identity cost n more tokens.
 func (w *faultWorld) allowAll(n int) {

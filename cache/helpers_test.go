@@ -160,7 +160,7 @@ func eventually(tb testing.TB, what string, cond func() bool) {
 	}
 }
 
-var viewerKey = ChatKey("2094979", "1b448be323", "viewer", "web")
+var viewerKey = Key{ChannelID: "2094979", UserID: "1b448be323", Role: "viewer", Origin: "web"}
 
 // stringSet is a set of strings safe for concurrent adds.
 type stringSet struct {

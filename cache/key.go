@@ -14,22 +14,19 @@ type Kind uint8
 
 // The kinds of token.
 const (
-	KindChat    Kind = iota + 1 // get-chat-token, per channel, user, role and origin
-	KindChannel                 // the old get-token, per channel
+	KindChat    Kind = iota // get-chat-token, per channel, user, role and origin: the zero Kind
+	KindChannel             // the old get-token, per channel
 )
 
-// Key names one cached token. For KindChannel only ChannelID is used.
+// Key names one cached token: a chat token is Key{ChannelID: ..., UserID:
+// ..., Role: ..., Origin: ...}, with its fields named so that none can be
+// swapped unseen. For KindChannel only ChannelID is used.
 type Key struct {
 	Kind      Kind
 	ChannelID string
 	UserID    string
 	Role      string
 	Origin    string
-}
-
-// ChatKey returns the key of a chat token.
-func ChatKey(channelID, userID, role, origin string) Key {
-	return Key{Kind: KindChat, ChannelID: channelID, UserID: userID, Role: role, Origin: origin}
 }
 
 // ChannelKey returns the key of a channel's old token.
@@ -104,7 +101,7 @@ func parseIdentity(s string) (Key, error) {
 	case kind == "ch" && len(parts) == 1:
 		return ChannelKey(unescaped[0]), nil
 	case kind == "chat" && len(parts) == 4:
-		return ChatKey(unescaped[0], unescaped[1], unescaped[2], unescaped[3]), nil
+		return Key{ChannelID: unescaped[0], UserID: unescaped[1], Role: unescaped[2], Origin: unescaped[3]}, nil
 	}
 	return Key{}, errors.New("cache: not a key identity")
 }

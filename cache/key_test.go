@@ -9,12 +9,12 @@ func TestKeyEncoding(t *testing.T) {
 	tests := []struct {
 		a, b Key
 	}{
-		{ChatKey("1", "a:b", "viewer", ""), ChatKey("1:a", "b", "viewer", "")},
-		{ChatKey("1", "u", "viewer", ""), ChatKey("1", "u", "viewer", " ")},
-		{ChatKey("1", "{x}", "viewer", "web"), ChatKey("1", "%7Bx%7D", "viewer", "web")},
-		{ChatKey("1", "a b", "viewer", ""), ChatKey("1", "a+b", "viewer", "")},
-		{ChatKey("1", "a|b", "guest", ""), ChatKey("1", "a", "guest", "b")},
-		{ChannelKey("1"), ChatKey("1", "", "", "")},
+		{Key{ChannelID: "1", UserID: "a:b", Role: "viewer"}, Key{ChannelID: "1:a", UserID: "b", Role: "viewer"}},
+		{Key{ChannelID: "1", UserID: "u", Role: "viewer"}, Key{ChannelID: "1", UserID: "u", Role: "viewer", Origin: " "}},
+		{Key{ChannelID: "1", UserID: "{x}", Role: "viewer", Origin: "web"}, Key{ChannelID: "1", UserID: "%7Bx%7D", Role: "viewer", Origin: "web"}},
+		{Key{ChannelID: "1", UserID: "a b", Role: "viewer"}, Key{ChannelID: "1", UserID: "a+b", Role: "viewer"}},
+		{Key{ChannelID: "1", UserID: "a|b", Role: "guest"}, Key{ChannelID: "1", UserID: "a", Role: "guest", Origin: "b"}},
+		{ChannelKey("1"), Key{ChannelID: "1"}},
 	}
 	for _, tt := range tests {
 		ka, kb := tt.a.redisKeys("tc:"), tt.b.redisKeys("tc:")
@@ -25,7 +25,7 @@ func TestKeyEncoding(t *testing.T) {
 }
 
 func TestKeyLayout(t *testing.T) {
-	k := ChatKey("2094979", "用户{1}", "viewer", "web").redisKeys("tc:")
+	k := Key{ChannelID: "2094979", UserID: "用户{1}", Role: "viewer", Origin: "web"}.redisKeys("tc:")
 	if !strings.HasPrefix(k.value, "tc:v1:{") || !strings.HasPrefix(k.lease(), "tc:v1:{") {
 		t.Errorf("keys %q, %q are not versioned under the prefix", k.value, k.lease())
 	}
@@ -36,7 +36,7 @@ func TestKeyLayout(t *testing.T) {
 	if strings.Count(k.value, "{") != 1 {
 		t.Errorf("key %q holds more than one '{'", k.value)
 	}
-	other := ChatKey("2094979", "someone-else", "viewer", "web").redisKeys("tc:")
+	other := Key{ChannelID: "2094979", UserID: "someone-else", Role: "viewer", Origin: "web"}.redisKeys("tc:")
 	if tag(k.value) == tag(other.value) {
 		t.Error("two users of one channel share a hash tag: a hot channel would pin one slot")
 	}
@@ -54,7 +54,7 @@ func FuzzKeyInjective(f *testing.F) {
 	f.Add("1", "a:b", "viewer", "", "1:a", "b", "viewer", "")
 	f.Add("1", "%3A", "x", "", "1", ":", "x", "")
 	f.Fuzz(func(t *testing.T, c1, u1, r1, o1, c2, u2, r2, o2 string) {
-		a, b := ChatKey(c1, u1, r1, o1), ChatKey(c2, u2, r2, o2)
+		a, b := Key{ChannelID: c1, UserID: u1, Role: r1, Origin: o1}, Key{ChannelID: c2, UserID: u2, Role: r2, Origin: o2}
 		for _, k := range []Key{a, b, ChannelKey(c1)} {
 			back, err := parseIdentity(k.identity())
 			if err != nil || back != k {
@@ -68,7 +68,7 @@ func FuzzKeyInjective(f *testing.F) {
 }
 
 func TestLeaseKey(t *testing.T) {
-	k := ChatKey("1", "t:l:", "viewer", "").redisKeys("tc:")
+	k := Key{ChannelID: "1", UserID: "t:l:", Role: "viewer"}.redisKeys("tc:")
 	if want := strings.Replace(k.value, "}:t:", "}:l:", 1); k.lease() != want {
 		t.Errorf("lease() = %q, want %q", k.lease(), want)
 	}

@@ -27,7 +27,7 @@ func TestFleetRateLimit(t *testing.T) {
 		hammer(90, func(i int) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			if _, _, err := fleet[i%3].Get(ctx, ChatKey("c", fmt.Sprint(i), "viewer", "")); err != nil {
+			if _, _, err := fleet[i%3].Get(ctx, Key{ChannelID: "c", UserID: fmt.Sprint(i), Role: "viewer"}); err != nil {
 				failures.Add(1)
 			}
 		})
@@ -58,13 +58,13 @@ func TestRateLimitUnavailableWithinDeadline(t *testing.T) {
 	up := &fakeUpstream{}
 	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.RateLimit = 1 }))
 	for i := range 2 { // the burst
-		if _, _, err := c.Get(context.Background(), ChatKey("c", fmt.Sprint("burst", i), "viewer", "")); err != nil {
+		if _, _, err := c.Get(context.Background(), Key{ChannelID: "c", UserID: fmt.Sprint("burst", i), Role: "viewer"}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	_, res, err := c.Get(ctx, ChatKey("c", "1", "viewer", ""))
+	_, res, err := c.Get(ctx, Key{ChannelID: "c", UserID: "1", Role: "viewer"})
 	var unavailable *UnavailableError
 	if !errors.As(err, &unavailable) || res != ResultError {
 		t.Fatalf("Get() = %v, %v; want *UnavailableError", res, err)
@@ -106,7 +106,7 @@ func TestQueuedFetchesDoNotFloodRedis(t *testing.T) {
 	hammer(keys, func(i int) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		if _, _, err := fleet[i%3].Get(ctx, ChatKey("c", fmt.Sprint(i), "viewer", "")); err != nil {
+		if _, _, err := fleet[i%3].Get(ctx, Key{ChannelID: "c", UserID: fmt.Sprint(i), Role: "viewer"}); err != nil {
 			t.Errorf("Get(): %v", err)
 		}
 	})
@@ -132,7 +132,7 @@ func TestFollowerOutlivesTheLeadersDeadline(t *testing.T) {
 			hammer(10, func(i int) {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
-				_, _, _ = fleet[1].Get(ctx, ChatKey("busy", fmt.Sprint(i), "viewer", ""))
+				_, _, _ = fleet[1].Get(ctx, Key{ChannelID: "busy", UserID: fmt.Sprint(i), Role: "viewer"})
 			})
 		}()
 		time.Sleep(50 * time.Millisecond)
@@ -164,13 +164,13 @@ func TestCancelledCallerGetsItsContextError(t *testing.T) {
 	rdb, _ := backends()[0].open(t)
 	c := newCache(t, rdb, &fakeUpstream{}, testOptions(func(o *Options) { o.RateLimit = 1 }))
 	for i := range 2 { // the burst
-		if _, _, err := c.Get(context.Background(), ChatKey("c", fmt.Sprint("burst", i), "viewer", "")); err != nil {
+		if _, _, err := c.Get(context.Background(), Key{ChannelID: "c", UserID: fmt.Sprint("burst", i), Role: "viewer"}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(50*time.Millisecond, cancel)
-	if _, _, err := c.Get(ctx, ChatKey("c", "1", "viewer", "")); !errors.Is(err, context.Canceled) {
+	if _, _, err := c.Get(ctx, Key{ChannelID: "c", UserID: "1", Role: "viewer"}); !errors.Is(err, context.Canceled) {
 		t.Errorf("Get() error = %v, want context.Canceled", err)
 	}
 }

@@ -13,14 +13,14 @@ func TestLocalCacheBoundedAndNeverPastTTL(t *testing.T) {
 	clk := newClock()
 	c := newCache(t, rdb, &fakeUpstream{}, testOptions(func(o *Options) { o.LocalSize = 10; o.Now = clk.Now }))
 	for i := range 25 {
-		if _, _, err := c.Get(context.Background(), ChatKey("1", fmt.Sprint(i), "viewer", "")); err != nil {
+		if _, _, err := c.Get(context.Background(), Key{ChannelID: "1", UserID: fmt.Sprint(i), Role: "viewer"}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if n := c.local.Len(); n > 10 {
 		t.Errorf("local cache holds %d entries, bound is 10", n)
 	}
-	k := ChatKey("1", "24", "viewer", "")
+	k := Key{ChannelID: "1", UserID: "24", Role: "viewer"}
 	if _, res, _ := c.Get(context.Background(), k); res != ResultHitLocal {
 		t.Fatalf("Get() = %v, want hit_local", res)
 	}
@@ -58,7 +58,7 @@ func TestInvalidationReachesEveryInstance(t *testing.T) {
 			t.Errorf("Get() after delete = %q, %v, %v; want a new token", tok.Token, res, err)
 		}
 		// A delete of a missing key is fine.
-		if err := a.Delete(ctx, ChatKey("x", "y", "viewer", "")); err != nil {
+		if err := a.Delete(ctx, Key{ChannelID: "x", UserID: "y", Role: "viewer"}); err != nil {
 			t.Errorf("Delete() of a missing key = %v", err)
 		}
 	})

@@ -20,7 +20,7 @@ func TestChannelRejectionIsRememberedPerChannel(t *testing.T) {
 		ctx := context.Background()
 		roles := []string{"viewer", "guest", "teacher"}
 		for i := range 20 {
-			_, res, err := fleet[i%2].Get(ctx, ChatKey("666", fmt.Sprint("user-", i), roles[i%3], "web"))
+			_, res, err := fleet[i%2].Get(ctx, Key{ChannelID: "666", UserID: fmt.Sprint("user-", i), Role: roles[i%3], Origin: "web"})
 			if polyv.Classify(err) != polyv.KindRejected {
 				t.Fatalf("Get() #%d = %v, %v; want Polyv's rejection", i, res, err)
 			}
@@ -39,7 +39,7 @@ func TestChannelRejectionIsRememberedPerChannel(t *testing.T) {
 		}
 		// Another channel is not affected.
 		up.setErr(nil)
-		if _, _, err := fleet[0].Get(ctx, ChatKey("777", "u", "viewer", "")); err != nil {
+		if _, _, err := fleet[0].Get(ctx, Key{ChannelID: "777", UserID: "u", Role: "viewer"}); err != nil {
 			t.Errorf("Get() on another channel = %v", err)
 		}
 	})
@@ -54,7 +54,7 @@ func TestParamRejectionIsRememberedPerIdentity(t *testing.T) {
 	ctx := context.Background()
 	for range 2 {
 		for i := range 5 {
-			_, _, _ = c.Get(ctx, ChatKey("100", fmt.Sprint("user-", i), "viewer", ""))
+			_, _, _ = c.Get(ctx, Key{ChannelID: "100", UserID: fmt.Sprint("user-", i), Role: "viewer"})
 		}
 	}
 	if got := up.calls.Load(); got != 5 {

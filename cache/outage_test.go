@@ -34,7 +34,7 @@ func TestRedisDownAndBack(t *testing.T) {
 		t.Errorf("warm Get() with Redis down = %q, %v, %v", tok.Token, res, err)
 	}
 	// A cold key is fetched once for all concurrent callers of this process.
-	cold := ChatKey("2094979", "cold-user", "viewer", "")
+	cold := Key{ChannelID: "2094979", UserID: "cold-user", Role: "viewer"}
 	before := up.calls.Load()
 	var failures atomic.Int64
 	hammer(200, func(int) {
@@ -51,14 +51,14 @@ func TestRedisDownAndBack(t *testing.T) {
 
 	// The circuit is open: further requests do not touch Redis.
 	eventually(t, "the circuit to open", func() bool {
-		_, _, _ = c.Get(ctx, ChatKey("x", fmt.Sprint(time.Now().UnixNano()), "viewer", ""))
+		_, _, _ = c.Get(ctx, Key{ChannelID: "x", UserID: fmt.Sprint(time.Now().UnixNano()), Role: "viewer"})
 		return c.RedisCircuit() == "open"
 	})
 	errsBefore := testutil.ToFloat64(c.metrics.redisErrors)
 	openedAt := time.Now()
 	const requests = 50
 	for i := range requests {
-		if _, _, err := c.Get(ctx, ChatKey("open", fmt.Sprint(i), "viewer", "")); err != nil {
+		if _, _, err := c.Get(ctx, Key{ChannelID: "open", UserID: fmt.Sprint(i), Role: "viewer"}); err != nil {
 			t.Fatalf("Get() with the circuit open: %v", err)
 		}
 	}
@@ -70,7 +70,7 @@ func TestRedisDownAndBack(t *testing.T) {
 
 	// Redis comes back: the cache uses it again by itself.
 	srv.Restart(t)
-	back := ChatKey("2094979", "after-recovery", "viewer", "")
+	back := Key{ChannelID: "2094979", UserID: "after-recovery", Role: "viewer"}
 	eventually(t, "the cache to store in Redis again", func() bool {
 		_, _, _ = c.Get(ctx, back)
 		c.dropLocal(back.redisKeys("tc:").value)
@@ -102,7 +102,7 @@ func TestRedisDownLocalRateLimit(t *testing.T) {
 	defer cancel()
 	var unavailable atomic.Int64
 	hammer(40, func(i int) {
-		if _, _, err := c.Get(ctx, ChatKey("c", fmt.Sprint(i), "viewer", "")); err != nil {
+		if _, _, err := c.Get(ctx, Key{ChannelID: "c", UserID: fmt.Sprint(i), Role: "viewer"}); err != nil {
 			unavailable.Add(1)
 		}
 	})
@@ -130,7 +130,7 @@ func TestCluster(t *testing.T) {
 	}
 	up.calls.Store(0)
 	hammer(300, func(i int) {
-		k := ChatKey("2094979", fmt.Sprint(i%100), "viewer", "")
+		k := Key{ChannelID: "2094979", UserID: fmt.Sprint(i % 100), Role: "viewer"}
 		if _, _, err := fleet[i%3].Get(context.Background(), k); err != nil {
 			t.Errorf("cluster Get(): %v", err)
 		}
@@ -157,14 +157,14 @@ func TestScriptsFlushed(t *testing.T) {
 		up := &fakeUpstream{}
 		c := newCache(t, rdb, up, testOptions(nil))
 		ctx := context.Background()
-		if _, _, err := c.Get(ctx, ChatKey("100", "before", "viewer", "")); err != nil {
+		if _, _, err := c.Get(ctx, Key{ChannelID: "100", UserID: "before", Role: "viewer"}); err != nil {
 			t.Fatal(err)
 		}
 		if err := rdb.ScriptFlush(ctx).Err(); err != nil {
 			t.Fatal(err)
 		}
 		errsBefore := testutil.ToFloat64(c.metrics.redisErrors)
-		k := ChatKey("100", "after", "viewer", "")
+		k := Key{ChannelID: "100", UserID: "after", Role: "viewer"}
 		if _, res, err := c.Get(ctx, k); err != nil || res != ResultMiss {
 			t.Fatalf("Get() after SCRIPT FLUSH = %v, %v", res, err)
 		}

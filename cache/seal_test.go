@@ -36,7 +36,7 @@ func TestNothingInClearWithEncryption(t *testing.T) {
 		t.Fatal(err)
 	}
 	up.setErr(&polyv.APIError{Endpoint: polyv.EndpointChatToken, Code: 403, Message: "illegal channel id: 666"})
-	_, _, _ = c.Get(ctx, ChatKey("666", "rejected-user", "viewer", ""))
+	_, _, _ = c.Get(ctx, Key{ChannelID: "666", UserID: "rejected-user", Role: "viewer"})
 
 	all := dump(t, rdb)
 	for _, clear := range []string{tok.Token, tok.MediaChannelKey, viewerKey.UserID, "rejected-user", "illegal channel"} {
@@ -56,7 +56,7 @@ func TestSealedValueOpensOnlyUnderItsKey(t *testing.T) {
 	up := &fakeUpstream{}
 	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.EncryptionKeys = []EncryptionKey{encKey("k1", 1)}; o.LocalSize = -1 }))
 	ctx := context.Background()
-	other := ChatKey("2094979", "another-user", "viewer", "web")
+	other := Key{ChannelID: "2094979", UserID: "another-user", Role: "viewer", Origin: "web"}
 	if _, _, err := c.Get(ctx, viewerKey); err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,7 @@ func TestBulkLeavesRoomForSingles(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, _, _ = c.Get(ctx, ChatKey("bulk", fmt.Sprint(name, i), "viewer", ""))
+				_, _, _ = c.Get(ctx, Key{ChannelID: "bulk", UserID: fmt.Sprint(name, i), Role: "viewer"})
 			}()
 		}
 	}
@@ -41,7 +41,7 @@ func TestBulkLeavesRoomForSingles(t *testing.T) {
 	single := WithCaller(context.Background(), Caller{Name: "c"})
 	for i := range 10 {
 		ctx, cancel := context.WithTimeout(single, 4*time.Second/limit)
-		if _, _, err := c.Get(ctx, ChatKey("single", fmt.Sprint(i), "viewer", "")); err != nil {
+		if _, _, err := c.Get(ctx, Key{ChannelID: "single", UserID: fmt.Sprint(i), Role: "viewer"}); err != nil {
 			failed++
 		}
 		cancel()
@@ -62,7 +62,7 @@ func TestCallerRateCapsItsFetches(t *testing.T) {
 	defer cancel()
 	var served atomic.Int64
 	hammer(30, func(i int) {
-		if _, _, err := c.Get(ctx, ChatKey("c", fmt.Sprint(i), "viewer", "")); err == nil {
+		if _, _, err := c.Get(ctx, Key{ChannelID: "c", UserID: fmt.Sprint(i), Role: "viewer"}); err == nil {
 			served.Add(1)
 		}
 	})
@@ -71,7 +71,7 @@ func TestCallerRateCapsItsFetches(t *testing.T) {
 		t.Errorf("Polyv calls in 1s for a caller capped at 5/s = %d", got)
 	}
 	// Another caller is not held by that cap.
-	if _, _, err := c.Get(context.Background(), ChatKey("c", "free", "viewer", "")); err != nil {
+	if _, _, err := c.Get(context.Background(), Key{ChannelID: "c", UserID: "free", Role: "viewer"}); err != nil {
 		t.Errorf("Get() for an uncapped caller = %v", err)
 	}
 }
@@ -90,7 +90,7 @@ func TestOnFetchSeesEveryPolyvCall(t *testing.T) {
 		}
 	}))
 	ctx := WithCaller(context.Background(), Caller{Name: "web"})
-	hammer(50, func(i int) { _, _, _ = c.Get(ctx, ChatKey("c", fmt.Sprint(i%2), "viewer", "")) })
+	hammer(50, func(i int) { _, _, _ = c.Get(ctx, Key{ChannelID: "c", UserID: fmt.Sprint(i % 2), Role: "viewer"}) })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(seen) != 2 || int64(len(seen)) != up.calls.Load() {
@@ -121,7 +121,7 @@ func TestPolyvState(t *testing.T) {
 		{&polyv.APIError{Code: 500, Message: "fail"}, PolyvUnavailable},
 	} {
 		up.setErr(tt.err)
-		_, _, _ = c.Get(ctx, ChatKey(fmt.Sprint("c", i), "u", "viewer", "")) // a channel each: a rejection is per channel
+		_, _, _ = c.Get(ctx, Key{ChannelID: fmt.Sprint("c", i), UserID: "u", Role: "viewer"}) // a channel each: a rejection is per channel
 		if got := c.PolyvState(); got != tt.want {
 			t.Errorf("after %v: PolyvState() = %s, want %s", tt.err, got, tt.want)
 		}

@@ -99,7 +99,7 @@ func TestNegativeEntries(t *testing.T) {
 		up.setErr(&polyv.APIError{Endpoint: polyv.EndpointChatToken, Code: 403, Message: "illegal channel id: 666"})
 		opts := testOptions(func(o *Options) { o.Now = clk.Now; o.NegativeTTL = 300 * time.Millisecond })
 		fleet := newFleet(t, rdb, up, 3, &opts)
-		k := ChatKey("666", "u", "viewer", "")
+		k := Key{ChannelID: "666", UserID: "u", Role: "viewer"}
 
 		var negatives atomic.Int64
 		hammer(300, func(i int) {

@@ -155,7 +155,7 @@ func TestAuditTrail(t *testing.T) {
 	log.Reset()
 	a := NewAuditor(slog.New(slog.NewJSONHandler(&log, nil)), []byte("audit-key"))
 	ctx := cache.WithCaller(httptest.NewRequest("GET", "/", nil).Context(), cache.Caller{Name: "web", Route: RouteBulk})
-	a.Fetch(ctx, cache.ChatKey("2094979", "secret-viewer", "viewer", "web"), "ok")
+	a.Fetch(ctx, cache.Key{ChannelID: "2094979", UserID: "secret-viewer", Role: "viewer", Origin: "web"}, "ok")
 	if !strings.Contains(log.String(), `"msg":"audit","key":"web","route":"bulk"`) || strings.Contains(log.String(), "secret-viewer") {
 		t.Errorf("fetch record = %s", log.String())
 	}

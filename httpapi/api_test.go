@@ -182,7 +182,7 @@ func TestDeleteIdempotent(t *testing.T) {
 			t.Fatalf("DELETE = %d %s", w.Code, w.Body)
 		}
 	}
-	if len(deleted) != 2 || deleted[0] != cache.ChatKey("2094979", "u", "viewer", "") {
+	if len(deleted) != 2 || deleted[0] != (cache.Key{ChannelID: "2094979", UserID: "u", Role: "viewer"}) {
 		t.Errorf("deleted = %+v", deleted)
 	}
 }

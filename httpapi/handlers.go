@@ -30,7 +30,7 @@ type chatTokenBody struct {
 	ExpiresAt        time.Time `json:"expiresAt"`
 }
 
-func newChatTokenBody(r tokenRequest, t cache.Token) chatTokenBody {
+func newChatTokenBody(r cache.Key, t cache.Token) chatTokenBody {
 	return chatTokenBody{
 		ChannelID: r.ChannelID, UserID: r.UserID, Role: r.Role, Origin: r.Origin,
 		Token: t.Token, MediaChannelKey: t.MediaChannelKey, RoomID: t.RoomID, ChildRoomEnabled: t.ChildRoomEnabled,
@@ -57,18 +57,17 @@ func cacheStatus(r cache.Result) string {
 }
 
 func (s *server) getChatToken(c echo.Context) error {
-	req, err := chatRequestFromQuery(c.Param("channelId"), c.QueryParams())
+	k, err := chatKeyFromQuery(c.Param("channelId"), c.QueryParams())
 	if err != nil {
 		return err
 	}
-	if err := checkScope(c, req); err != nil {
+	if err := checkScope(c, k); err != nil {
 		return err
 	}
 	limit, err := s.limit(c, s.opts.RequestTimeout)
 	if err != nil {
 		return err
 	}
-	k := cache.ChatKey(req.ChannelID, req.UserID, req.Role, req.Origin)
 	// A token in memory needs no deadline: only a miss gets a context.
 	tok, res, ok, err := s.opts.Cache.Peek(k)
 	if !ok {
@@ -86,18 +85,18 @@ func (s *server) getChatToken(c echo.Context) error {
 	// The body is encoded once per cached token, then reused.
 	body := tok.Rendered.Load()
 	if body == nil {
-		body, _ = json.Marshal(newChatTokenBody(req, tok)) // strings and times cannot fail
+		body, _ = json.Marshal(newChatTokenBody(k, tok)) // strings and times cannot fail
 		tok.Rendered.Store(body)
 	}
 	return c.JSONBlob(http.StatusOK, body)
 }
 
 func (s *server) deleteChatToken(c echo.Context) error {
-	req, err := chatRequestFromQuery(c.Param("channelId"), c.QueryParams())
+	k, err := chatKeyFromQuery(c.Param("channelId"), c.QueryParams())
 	if err != nil {
 		return err
 	}
-	if err := checkScope(c, req); err != nil {
+	if err := checkScope(c, k); err != nil {
 		return err
 	}
 	ctx, cancel, err := s.deadline(c, c.Request().Context(), s.opts.RequestTimeout)
@@ -105,7 +104,7 @@ func (s *server) deleteChatToken(c echo.Context) error {
 		return err
 	}
 	defer cancel()
-	if err := s.opts.Cache.Delete(ctx, cache.ChatKey(req.ChannelID, req.UserID, req.Role, req.Origin)); err != nil {
+	if err := s.opts.Cache.Delete(ctx, k); err != nil {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)
@@ -184,10 +183,10 @@ func (s *server) bulkChatTokens(c echo.Context) error {
 
 	// Validate every item before any work; a bad item fails alone.
 	results := make([]any, len(items))
-	reqs := make([]tokenRequest, len(items))
+	keys := make([]cache.Key, len(items))
 	for i, it := range items {
-		reqs[i] = tokenRequest{ChannelID: channelID, UserID: it.UserID, Role: it.Role, Origin: it.Origin}
-		err := validateChat(reqs[i])
+		keys[i] = cache.Key{ChannelID: channelID, UserID: it.UserID, Role: it.Role, Origin: it.Origin}
+		err := validateChat(keys[i])
 		if err == nil {
 			err = checkRole(c, it.Role)
 		}
@@ -204,7 +203,7 @@ func (s *server) bulkChatTokens(c echo.Context) error {
 	defer cancel()
 	sem := make(chan struct{}, s.opts.BulkConcurrency)
 	var wg sync.WaitGroup
-	for i, r := range reqs {
+	for i, k := range keys {
 		if results[i] != nil {
 			continue
 		}
@@ -212,14 +211,13 @@ func (s *server) bulkChatTokens(c echo.Context) error {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			k := cache.ChatKey(r.ChannelID, r.UserID, r.Role, r.Origin)
 			tok, res, err := s.opts.Cache.Get(ctx, k)
 			s.opts.Auditor.served(c, RouteBulk, k, res, err)
 			if err != nil {
-				results[i] = bulkError{UserID: r.UserID, Role: r.Role, Origin: r.Origin, Error: toAPIError(err)}
+				results[i] = bulkError{UserID: k.UserID, Role: k.Role, Origin: k.Origin, Error: toAPIError(err)}
 				return
 			}
-			results[i] = newChatTokenBody(r, tok)
+			results[i] = newChatTokenBody(k, tok)
 		}()
 	}
 	wg.Wait()
@@ -253,7 +251,7 @@ func (s *server) readyz(c echo.Context) error {
 }
 
 // checkScope refuses a chat-token request outside its key's channels or roles.
-func checkScope(c echo.Context, r tokenRequest) error {
+func checkScope(c echo.Context, r cache.Key) error {
 	if err := checkChannel(c, r.ChannelID); err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/tokencache/tokencache/cache"
 	"github.com/tokencache/tokencache/polyv"
 )
 
@@ -18,14 +19,6 @@ const (
 	maxOrigin    = 32
 	maxBulk      = 1000
 )
-
-// tokenRequest is one validated chat-token request.
-type tokenRequest struct {
-	ChannelID string
-	UserID    string
-	Role      string
-	Origin    string
-}
 
 func isIDChar(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
@@ -52,7 +45,7 @@ func validateChannelID(id string) error {
 
 // validateChat checks a chat-token request's fields in order and returns the
 // first problem.
-func validateChat(r tokenRequest) error {
+func validateChat(r cache.Key) error {
 	if err := validateChannelID(r.ChannelID); err != nil {
 		return err
 	}
@@ -118,20 +111,20 @@ func queryValue(q url.Values, name string) (string, error) {
 	return "", invalid(name, name+" must be given once")
 }
 
-// chatRequestFromQuery reads and validates channelId from the path and
-// userId, role and origin from the query.
-func chatRequestFromQuery(channelID string, q url.Values) (tokenRequest, error) {
+// chatKeyFromQuery reads and validates channelId from the path and
+// userId, role and origin from the query: the key of the token asked for.
+func chatKeyFromQuery(channelID string, q url.Values) (cache.Key, error) {
 	if err := onlyParams(q, "userId", "role", "origin"); err != nil {
-		return tokenRequest{}, err
+		return cache.Key{}, err
 	}
-	r := tokenRequest{ChannelID: channelID}
+	r := cache.Key{ChannelID: channelID}
 	var err error
 	for _, f := range []struct {
 		name string
 		dst  *string
 	}{{"userId", &r.UserID}, {"role", &r.Role}, {"origin", &r.Origin}} {
 		if *f.dst, err = queryValue(q, f.name); err != nil {
-			return tokenRequest{}, err
+			return cache.Key{}, err
 		}
 	}
 	return r, validateChat(r)

@@ -43,7 +43,7 @@ func slowest(t *testing.T, c *cache.Cache, n int, timeout time.Duration) time.Du
 	for i := range n {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		start := time.Now()
-		_, _, _ = c.Get(ctx, cache.ChatKey("c", fmt.Sprint(time.Now().UnixNano(), i), "viewer", ""))
+		_, _, _ = c.Get(ctx, cache.Key{ChannelID: "c", UserID: fmt.Sprint(time.Now().UnixNano(), i), Role: "viewer"})
 		worst = max(worst, time.Since(start))
 		cancel()
 	}
