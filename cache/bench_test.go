@@ -28,7 +28,7 @@ func BenchmarkGet(b *testing.B) {
 		benchHits(b, c)
 	})
 	b.Run("hit_redis", func(b *testing.B) {
-		c := newCache(b, benchRedis(b), &fakeUpstream{}, testOptions(func(o *Options) { o.LocalSize = -1 }))
+		c := newCache(b, benchRedis(b), &fakeUpstream{}, testOptions(func(o *Options) { o.LocalSize = 0 }))
 		benchHits(b, c)
 	})
 	sealed := func(o *Options) { o.EncryptionKeys = []EncryptionKey{{ID: "k1", Key: make([]byte, 32)}} }
@@ -37,7 +37,7 @@ func BenchmarkGet(b *testing.B) {
 		benchHits(b, c)
 	})
 	b.Run("hit_redis_encrypted", func(b *testing.B) {
-		c := newCache(b, benchRedis(b), &fakeUpstream{}, testOptions(func(o *Options) { sealed(o); o.LocalSize = -1 }))
+		c := newCache(b, benchRedis(b), &fakeUpstream{}, testOptions(func(o *Options) { sealed(o); o.LocalSize = 0 }))
 		benchHits(b, c)
 	})
 	b.Run("miss_simulator", func(b *testing.B) {

@@ -61,8 +61,8 @@ type Options struct {
 	RefreshAfter time.Duration
 	// NegativeTTL is how long a Polyv rejection is remembered; it defaults to 30s.
 	NegativeTTL time.Duration
-	// LocalSize bounds the local cache in entries; it defaults to 100000, and
-	// a negative value turns the local cache off.
+	// LocalSize bounds the local cache in entries; 0 turns it off.
+	// DefaultLocalSize suits most fleets.
 	LocalSize int
 	// RateLimit is the fleet-wide Polyv calls per second; it defaults to 100.
 	// While Redis is down, each instance allows this many on its own.
@@ -105,31 +105,40 @@ type Options struct {
 	Metrics *Metrics
 }
 
+// The defaults of Options' fields, for callers that show or restate them.
+const (
+	DefaultPrefix       = "tc:"
+	DefaultTTL          = 5*time.Hour + 45*time.Minute
+	DefaultRefreshAfter = 5 * time.Hour
+	DefaultNegativeTTL  = 30 * time.Second
+	DefaultLocalSize    = 100000
+	DefaultRateLimit    = 100
+	DefaultBulkShare    = 0.5
+)
+
+// setDefaults fills every zero field but LocalSize, whose zero means off.
 func (o *Options) setDefaults() {
 	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
+		if *d == 0 {
 			*d = v
 		}
 	}
 	if o.Prefix == "" {
-		o.Prefix = "tc:"
+		o.Prefix = DefaultPrefix
 	}
-	def(&o.TTL, 5*time.Hour+45*time.Minute)
-	def(&o.RefreshAfter, 5*time.Hour)
-	def(&o.NegativeTTL, 30*time.Second)
+	def(&o.TTL, DefaultTTL)
+	def(&o.RefreshAfter, DefaultRefreshAfter)
+	def(&o.NegativeTTL, DefaultNegativeTTL)
 	def(&o.LeaseTTL, 3*time.Second)
 	def(&o.FillTimeout, 15*time.Second)
 	def(&o.PollInterval, 100*time.Millisecond)
 	def(&o.RefreshBackoff, 30*time.Second)
 	def(&o.BreakerOpenFor, 5*time.Second)
-	if o.LocalSize == 0 {
-		o.LocalSize = 100000
+	if o.RateLimit == 0 {
+		o.RateLimit = DefaultRateLimit
 	}
-	if o.RateLimit <= 0 {
-		o.RateLimit = 100
-	}
-	if o.BulkShare <= 0 {
-		o.BulkShare = 0.5
+	if o.BulkShare == 0 {
+		o.BulkShare = DefaultBulkShare
 	}
 	if o.BreakerFailures == 0 {
 		o.BreakerFailures = 5
@@ -142,17 +151,38 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// Validate reports every option that breaks the token-state rules.
+// OptionError is one option that breaks a rule.
+type OptionError struct {
+	Option string // the field of Options
+	Value  any
+	Rule   string
+}
+
+func (e *OptionError) Error() string {
+	return fmt.Sprintf("cache: %s %v: %s", e.Option, e.Value, e.Rule)
+}
+
+// Validate reports, as *OptionError joined, every option that breaks a rule,
+// once zero fields have their defaults.
 func (o Options) Validate() error {
+	o.setDefaults()
 	var errs []error
-	if o.TTL >= polyv.TokenValidity {
-		errs = append(errs, fmt.Errorf("TTL %v must be under Polyv's token validity of %v", o.TTL, polyv.TokenValidity))
+	check := func(ok bool, option string, value any, rule string) {
+		if !ok {
+			errs = append(errs, &OptionError{Option: option, Value: value, Rule: rule})
+		}
 	}
-	if o.BulkShare > 1 {
-		errs = append(errs, fmt.Errorf("BulkShare %v must be at most 1", o.BulkShare))
-	}
-	if o.RefreshAfter >= o.TTL {
-		errs = append(errs, fmt.Errorf("RefreshAfter %v must be under TTL %v", o.RefreshAfter, o.TTL))
+	check(o.TTL > 0 && o.TTL < polyv.TokenValidity, "TTL", o.TTL, fmt.Sprintf("must be positive and under %v, Polyv's token validity", polyv.TokenValidity))
+	check(o.RefreshAfter > 0 && o.RefreshAfter < o.TTL, "RefreshAfter", o.RefreshAfter, fmt.Sprintf("must be positive and under TTL (%v)", o.TTL))
+	check(o.NegativeTTL > 0, "NegativeTTL", o.NegativeTTL, "must be positive")
+	check(o.LocalSize >= 0, "LocalSize", o.LocalSize, "must be 0 (off) or more")
+	check(o.RateLimit > 0, "RateLimit", o.RateLimit, "must be positive")
+	check(o.BulkShare > 0 && o.BulkShare <= 1, "BulkShare", o.BulkShare, "must be above 0 and at most 1")
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"LeaseTTL", o.LeaseTTL}, {"FillTimeout", o.FillTimeout}, {"PollInterval", o.PollInterval}, {"RefreshBackoff", o.RefreshBackoff}, {"BreakerOpenFor", o.BreakerOpenFor}} {
+		check(d.v > 0, d.name, d.v, "must be positive")
 	}
 	return errors.Join(errs...)
 }
@@ -199,7 +229,7 @@ type Cache struct {
 func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 	opts.setDefaults()
 	if err := opts.Validate(); err != nil {
-		return nil, fmt.Errorf("cache: %w", err)
+		return nil, err
 	}
 	c := &Cache{
 		rdb:      rdb,

@@ -200,7 +200,7 @@ func TestLeaseOverAnExpiredValueRechecksIt(t *testing.T) {
 	rdb, _ := backends()[1].open(t)
 	clk := newClock()
 	up := &fakeUpstream{}
-	opts := testOptions(func(o *Options) { o.Now = clk.Now; o.LocalSize = -1 })
+	opts := testOptions(func(o *Options) { o.Now = clk.Now; o.LocalSize = 0 })
 	fleet := newFleet(t, rdb, up, 2, &opts)
 	a, b := fleet[0], fleet[1]
 	ctx := context.Background()

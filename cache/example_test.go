@@ -22,7 +22,7 @@ func Example() {
 	defer sim.Close()
 	client, _ := polyv.New(polyv.Options{AppID: "app", AppSecret: "secret", BaseURL: sim.URL})
 
-	c, err := cache.New(rdb, client, cache.Options{})
+	c, err := cache.New(rdb, client, cache.Options{LocalSize: cache.DefaultLocalSize})
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -114,7 +114,7 @@ func eachBackend(t *testing.T, run func(t *testing.T, b backend)) {
 func testOptions(mod func(*Options)) Options {
 	o := Options{
 		LeaseTTL: time.Second, PollInterval: 20 * time.Millisecond, FillTimeout: 5 * time.Second,
-		RateLimit: 100000, BreakerOpenFor: 200 * time.Millisecond, BreakerFailures: 3,
+		RateLimit: 100000, BreakerOpenFor: 200 * time.Millisecond, BreakerFailures: 3, LocalSize: DefaultLocalSize,
 	}
 	if mod != nil {
 		mod(&o)

@@ -55,7 +55,7 @@ func TestRefreshStopsWhenAnotherInstanceRefreshed(t *testing.T) {
 		rdb, _ := b.open(t)
 		clk := newClock()
 		up := &fakeUpstream{}
-		opts := testOptions(func(o *Options) { o.Now = clk.Now; o.LocalSize = -1 })
+		opts := testOptions(func(o *Options) { o.Now = clk.Now; o.LocalSize = 0 })
 		fleet := newFleet(t, rdb, up, 2, &opts)
 		ctx := context.Background()
 		first, _, _ := fleet[0].Get(ctx, viewerKey)

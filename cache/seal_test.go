@@ -54,7 +54,7 @@ func TestNothingInClearWithEncryption(t *testing.T) {
 func TestSealedValueOpensOnlyUnderItsKey(t *testing.T) {
 	rdb, _ := backends()[0].open(t)
 	up := &fakeUpstream{}
-	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.EncryptionKeys = []EncryptionKey{encKey("k1", 1)}; o.LocalSize = -1 }))
+	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.EncryptionKeys = []EncryptionKey{encKey("k1", 1)}; o.LocalSize = 0 }))
 	ctx := context.Background()
 	other := Key{ChannelID: "2094979", UserID: "another-user", Role: "viewer", Origin: "web"}
 	if _, _, err := c.Get(ctx, viewerKey); err != nil {

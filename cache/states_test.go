@@ -2,7 +2,9 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,7 +17,7 @@ func TestTokenStates(t *testing.T) {
 		rdb, _ := b.open(t)
 		clk := newClock()
 		up := &fakeUpstream{delay: 300 * time.Millisecond} // slow enough that the refresh ends after the hits
-		opts := testOptions(func(o *Options) { o.Now = clk.Now; o.LocalSize = -1 })
+		opts := testOptions(func(o *Options) { o.Now = clk.Now; o.LocalSize = 0 })
 		fleet := newFleet(t, rdb, up, 3, &opts)
 		ctx := context.Background()
 
@@ -244,5 +246,24 @@ func TestRefreshBackoffDoubles(t *testing.T) {
 		if got := c.backoff(tt.failures); got != tt.want {
 			t.Errorf("backoff(%d) = %v, want %v", tt.failures, got, tt.want)
 		}
+	}
+}
+
+// Validate names every broken option, as *OptionError, after defaults.
+func TestOptionsValidate(t *testing.T) {
+	if err := (Options{}).Validate(); err != nil {
+		t.Errorf("Validate() of the defaults = %v", err)
+	}
+	err := Options{TTL: 7 * time.Hour, RefreshAfter: -time.Second, LocalSize: -1, BulkShare: 2, PollInterval: -1}.Validate()
+	var got []string
+	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+		var oe *OptionError
+		if !errors.As(e, &oe) {
+			t.Fatalf("%v is not an *OptionError", e)
+		}
+		got = append(got, oe.Option)
+	}
+	if want := []string{"TTL", "RefreshAfter", "LocalSize", "BulkShare", "PollInterval"}; !slices.Equal(got, want) {
+		t.Errorf("Validate() named %v, want %v", got, want)
 	}
 }

@@ -35,13 +35,13 @@ const (
 type Options struct {
 	AppID     string // required
 	AppSecret Secret // required
-	// BaseURL defaults to https://api.polyv.net.
+	// BaseURL defaults to DefaultBaseURL.
 	BaseURL string
-	// SignMethod defaults to SignMD5.
+	// SignMethod defaults to DefaultSignMethod.
 	SignMethod SignMethod
 	// HTTPClient defaults to a client with a pooled transport of its own.
 	HTTPClient *http.Client
-	// Timeout bounds each attempt; it defaults to 5s.
+	// Timeout bounds each attempt; it defaults to DefaultTimeout.
 	Timeout time.Duration
 	// Now is the clock for timestamps and issue times; it defaults to time.Now.
 	Now func() time.Time
@@ -107,6 +107,18 @@ type Client struct {
 	retry   RetryPolicy
 }
 
+// The defaults of Options' fields, for callers that show or restate them.
+const (
+	DefaultBaseURL    = "https://api.polyv.net"
+	DefaultSignMethod = SignMD5
+	DefaultTimeout    = 5 * time.Second
+)
+
+// ValidBaseURL reports whether s can be a BaseURL: http:// or https://.
+func ValidBaseURL(s string) bool {
+	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
+}
+
 // New returns a Client, or an error naming every missing or invalid option.
 func New(opts Options) (*Client, error) {
 	var problems []string
@@ -127,13 +139,13 @@ func New(opts Options) (*Client, error) {
 		retry:   DefaultRetry,
 	}
 	if c.baseURL == "" {
-		c.baseURL = "https://api.polyv.net"
+		c.baseURL = DefaultBaseURL
 	}
-	if !strings.HasPrefix(c.baseURL, "http://") && !strings.HasPrefix(c.baseURL, "https://") {
+	if !ValidBaseURL(c.baseURL) {
 		problems = append(problems, "BaseURL must start with http:// or https://")
 	}
 	if c.method == "" {
-		c.method = SignMD5
+		c.method = DefaultSignMethod
 	}
 	if !c.method.Valid() {
 		problems = append(problems, fmt.Sprintf("SignMethod %q is not MD5 or SHA256", string(c.method)))
@@ -142,7 +154,7 @@ func New(opts Options) (*Client, error) {
 		c.http = &http.Client{Transport: NewTransport()}
 	}
 	if c.timeout <= 0 {
-		c.timeout = 5 * time.Second
+		c.timeout = DefaultTimeout
 	}
 	if c.now == nil {
 		c.now = time.Now

@@ -83,16 +83,16 @@ func (c *Config) settings() []setting {
 		{"POLYV_APP_ID", "", "Polyv appId (required unless -demo)", (*stringValue)(&c.AppID)},
 		{"POLYV_APP_SECRET", "", "Polyv appSecret (required unless -demo; or use POLYV_APP_SECRET_FILE)", (*secretValue)(&c.AppSecret)},
 		{"POLYV_APP_SECRET_FILE", "", "file holding the Polyv appSecret", (*stringValue)(&c.AppSecretFile)},
-		{"POLYV_BASE_URL", "https://api.polyv.net", "Polyv API base URL", (*stringValue)(&c.BaseURL)},
-		{"POLYV_TIMEOUT", "5s", "timeout of each Polyv attempt", (*durationValue)(&c.PolyvTimeout)},
-		{"POLYV_RATE_LIMIT", "100", "fleet-wide Polyv requests per second", (*intValue)(&c.RateLimit)},
-		{"POLYV_SIGN_METHOD", "MD5", "Polyv signature method: MD5 or SHA256", (*stringValue)(&c.SignMethod)},
+		{"POLYV_BASE_URL", polyv.DefaultBaseURL, "Polyv API base URL", (*stringValue)(&c.BaseURL)},
+		{"POLYV_TIMEOUT", shortDuration(polyv.DefaultTimeout), "timeout of each Polyv attempt", (*durationValue)(&c.PolyvTimeout)},
+		{"POLYV_RATE_LIMIT", fmt.Sprint(cache.DefaultRateLimit), "fleet-wide Polyv requests per second", (*intValue)(&c.RateLimit)},
+		{"POLYV_SIGN_METHOD", string(polyv.DefaultSignMethod), "Polyv signature method: MD5 or SHA256", (*stringValue)(&c.SignMethod)},
 		{"REDIS_URL", "", "redis:// or rediss:// URL; empty means an embedded in-memory Redis for one instance", (*stringValue)(&c.RedisURL)},
 		{"REDIS_CLUSTER", "false", "parse REDIS_URL as a cluster URL (more nodes as addr= params)", (*boolValue)(&c.RedisCluster)},
 		{"TOKENCACHE_API_KEYS", "", "comma-separated bearer API keys (or use TOKENCACHE_API_KEYS_FILE)", (*listValue)(&c.APIKeys)},
 		{"TOKENCACHE_API_KEYS_FILE", "", "YAML file of named, scoped API keys; reloaded on SIGHUP and when it changes", (*stringValue)(&c.APIKeysFile)},
 		{"TOKENCACHE_AUTH", "", "set to none to turn API-key auth off on purpose", (*stringValue)(&c.Auth)},
-		{"TOKENCACHE_BULK_SHARE", "0.5", "the most of POLYV_RATE_LIMIT that bulk items may use, above 0 and at most 1", (*floatValue)(&c.BulkShare)},
+		{"TOKENCACHE_BULK_SHARE", fmt.Sprint(cache.DefaultBulkShare), "the most of POLYV_RATE_LIMIT that bulk items may use, above 0 and at most 1", (*floatValue)(&c.BulkShare)},
 		{"TOKENCACHE_ENCRYPTION_KEYS", "", "comma-separated id:base64 32-byte keys sealing tokens at rest; the first seals, all open", (*secretValue)(&c.EncKeysRaw)},
 		{"TOKENCACHE_ENCRYPTION_KEYS_FILE", "", "file holding TOKENCACHE_ENCRYPTION_KEYS", (*stringValue)(&c.EncKeysFile)},
 		{"TOKENCACHE_TLS_CERT_FILE", "", "certificate (PEM) to serve HTTPS on TOKENCACHE_ADDR; reloaded when it changes", (*stringValue)(&c.TLSCertFile)},
@@ -104,11 +104,11 @@ func (c *Config) settings() []setting {
 		{"REDIS_TLS_CA_FILE", "", "CA (PEM) that signed Redis's certificate, for rediss://", (*stringValue)(&c.RedisTLSCA)},
 		{"REDIS_TLS_CERT_FILE", "", "client certificate (PEM) for Redis", (*stringValue)(&c.RedisTLSCert)},
 		{"REDIS_TLS_KEY_FILE", "", "client private key (PEM) for Redis", (*stringValue)(&c.RedisTLSKey)},
-		{"TOKENCACHE_TTL", "5h45m", "how long a token is cached; must be under 6h", (*durationValue)(&c.TTL)},
-		{"TOKENCACHE_REFRESH_AFTER", "5h", "token age from which hits refresh it in the background", (*durationValue)(&c.RefreshAfter)},
-		{"TOKENCACHE_NEGATIVE_TTL", "30s", "how long a Polyv rejection is remembered", (*durationValue)(&c.NegativeTTL)},
-		{"TOKENCACHE_LOCAL_SIZE", "100000", "local cache entries (0 turns it off)", (*intValue)(&c.LocalSize)},
-		{"TOKENCACHE_KEY_PREFIX", "tc:", "Redis key prefix", (*stringValue)(&c.KeyPrefix)},
+		{"TOKENCACHE_TTL", shortDuration(cache.DefaultTTL), "how long a token is cached; must be under 6h", (*durationValue)(&c.TTL)},
+		{"TOKENCACHE_REFRESH_AFTER", shortDuration(cache.DefaultRefreshAfter), "token age from which hits refresh it in the background", (*durationValue)(&c.RefreshAfter)},
+		{"TOKENCACHE_NEGATIVE_TTL", shortDuration(cache.DefaultNegativeTTL), "how long a Polyv rejection is remembered", (*durationValue)(&c.NegativeTTL)},
+		{"TOKENCACHE_LOCAL_SIZE", fmt.Sprint(cache.DefaultLocalSize), "local cache entries (0 turns it off)", (*intValue)(&c.LocalSize)},
+		{"TOKENCACHE_KEY_PREFIX", cache.DefaultPrefix, "Redis key prefix", (*stringValue)(&c.KeyPrefix)},
 		{"TOKENCACHE_LOG_LEVEL", "info", "debug, info, warn or error", (*stringValue)(&c.LogLevel)},
 		{"TOKENCACHE_LOG_FORMAT", "json", "json or text", (*stringValue)(&c.LogFormat)},
 		{"TOKENCACHE_ACCESS_LOG", "errors", "which requests are logged: errors (4xx, 5xx, slower than 1s), sampled (and 1 in 100 of the rest) or all", (*stringValue)(&c.AccessLog)},
@@ -122,6 +122,55 @@ const usage = `usage: tokencache [flags]
 Serves Polyv chat tokens from a Redis-backed cache. Every flag also has an
 environment variable, named in its help; -demo runs with no Polyv account
 and no Redis.`
+
+// shortDuration is d as a setting's default is written: 5h45m, not 5h45m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	for _, zero := range []string{"0s", "0m"} {
+		if strings.HasSuffix(s, "m"+zero) || strings.HasSuffix(s, "h"+zero) {
+			s = strings.TrimSuffix(s, zero)
+		}
+	}
+	return s
+}
+
+// cacheOptions are the cache's options that come from the configuration.
+func (c *Config) cacheOptions() cache.Options {
+	return cache.Options{
+		Prefix: c.KeyPrefix, TTL: c.TTL, RefreshAfter: c.RefreshAfter, NegativeTTL: c.NegativeTTL,
+		LocalSize: c.LocalSize, RateLimit: c.RateLimit, BulkShare: c.BulkShare, EncryptionKeys: c.EncryptionKeys,
+		FillTimeout: 3*c.PolyvTimeout + time.Second, // every attempt, and then some
+	}
+}
+
+// cacheOptionSettings names the setting behind each cache option.
+var cacheOptionSettings = map[string]string{
+	"Prefix": "TOKENCACHE_KEY_PREFIX", "TTL": "TOKENCACHE_TTL", "RefreshAfter": "TOKENCACHE_REFRESH_AFTER",
+	"NegativeTTL": "TOKENCACHE_NEGATIVE_TTL", "LocalSize": "TOKENCACHE_LOCAL_SIZE", "RateLimit": "POLYV_RATE_LIMIT",
+	"BulkShare": "TOKENCACHE_BULK_SHARE", "FillTimeout": "POLYV_TIMEOUT",
+}
+
+// cacheProblems words cache.Options.Validate's findings as settings: the
+// rules live in the cache.
+func cacheProblems(err error) []string {
+	if err == nil {
+		return nil
+	}
+	errs := []error{err}
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = joined.Unwrap()
+	}
+	var p []string
+	for _, e := range errs {
+		var oe *cache.OptionError
+		if errors.As(e, &oe) && cacheOptionSettings[oe.Option] != "" {
+			p = append(p, fmt.Sprintf("%s=%v: %s", cacheOptionSettings[oe.Option], oe.Value, oe.Rule))
+		} else {
+			p = append(p, e.Error())
+		}
+	}
+	return p
+}
 
 // loadConfig reads the environment, then the flags, then secret files, and
 // validates. The error lists every problem, one per line.
@@ -221,20 +270,14 @@ func (c *Config) validate() []string {
 	if (c.RedisTLSCA != "" || c.RedisTLSCert != "") && !strings.HasPrefix(c.RedisURL, "rediss://") {
 		p = append(p, "REDIS_TLS_* need a rediss:// REDIS_URL")
 	}
-	if c.BulkShare <= 0 || c.BulkShare > 1 {
-		p = append(p, fmt.Sprintf("TOKENCACHE_BULK_SHARE=%v: must be above 0 and at most 1", c.BulkShare))
-	}
 	if c.Auth != "" && c.Auth != "none" {
 		p = append(p, fmt.Sprintf("TOKENCACHE_AUTH=%q: the only value is none", c.Auth))
 	}
-	if !strings.HasPrefix(c.BaseURL, "http://") && !strings.HasPrefix(c.BaseURL, "https://") {
+	if !polyv.ValidBaseURL(c.BaseURL) {
 		p = append(p, fmt.Sprintf("POLYV_BASE_URL=%q: must start with https:// or http://", redisconn.RedactURL(c.BaseURL)))
 	}
 	if c.PolyvTimeout <= 0 {
 		p = append(p, "POLYV_TIMEOUT must be positive")
-	}
-	if c.RateLimit <= 0 {
-		p = append(p, "POLYV_RATE_LIMIT must be positive")
 	}
 	if !polyv.SignMethod(c.SignMethod).Valid() {
 		p = append(p, fmt.Sprintf("POLYV_SIGN_METHOD=%q: must be MD5 or SHA256", c.SignMethod))
@@ -245,21 +288,7 @@ func (c *Config) validate() []string {
 	if c.RedisCluster && c.RedisURL == "" {
 		p = append(p, "REDIS_CLUSTER=true needs REDIS_URL")
 	}
-	if c.TTL <= 0 || c.TTL >= polyv.TokenValidity {
-		p = append(p, fmt.Sprintf("TOKENCACHE_TTL=%v: must be positive and under 6h, Polyv's token validity", c.TTL))
-	}
-	if c.RefreshAfter <= 0 || c.RefreshAfter >= c.TTL {
-		p = append(p, fmt.Sprintf("TOKENCACHE_REFRESH_AFTER=%v: must be positive and under TOKENCACHE_TTL (%v)", c.RefreshAfter, c.TTL))
-	}
-	if c.NegativeTTL <= 0 {
-		p = append(p, "TOKENCACHE_NEGATIVE_TTL must be positive")
-	}
-	if c.LocalSize < 0 {
-		p = append(p, "TOKENCACHE_LOCAL_SIZE must be 0 (off) or more")
-	}
-	if c.KeyPrefix == "" {
-		p = append(p, "TOKENCACHE_KEY_PREFIX must not be empty")
-	}
+	p = append(p, cacheProblems(c.cacheOptions().Validate())...)
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		p = append(p, "TOKENCACHE_LOG_LEVEL: "+err.Error())
 	}

@@ -126,24 +126,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	metrics := cache.NewMetrics()
 	reg.MustRegister(metrics.Collectors()...)
 
-	localSize := cfg.LocalSize
-	if localSize == 0 {
-		localSize = -1 // off
-	}
 	auditor := httpapi.NewAuditor(log, auditKey(cfg.AppSecret))
-	tc, err := cache.New(rdb, client, cache.Options{
-		Prefix: cfg.KeyPrefix, TTL: cfg.TTL, RefreshAfter: cfg.RefreshAfter, NegativeTTL: cfg.NegativeTTL,
-		LocalSize: localSize, RateLimit: cfg.RateLimit, BulkShare: cfg.BulkShare, Metrics: metrics, EncryptionKeys: cfg.EncryptionKeys,
-		FillTimeout: 3*cfg.PolyvTimeout + time.Second, OnFetch: auditor.Fetch,
-		OnCircuitChange: func(from, to string) {
-			switch to {
-			case "open":
-				log.Warn("Redis circuit open: serving from the local cache and Polyv until Redis answers", "from", from)
-			case "closed":
-				log.Info("Redis circuit closed: using Redis again", "from", from)
-			}
-		},
-	})
+	opts := cfg.cacheOptions()
+	opts.Metrics, opts.OnFetch = metrics, auditor.Fetch
+	opts.OnCircuitChange = func(from, to string) {
+		switch to {
+		case "open":
+			log.Warn("Redis circuit open: serving from the local cache and Polyv until Redis answers", "from", from)
+		case "closed":
+			log.Info("Redis circuit closed: using Redis again", "from", from)
+		}
+	}
+	tc, err := cache.New(rdb, client, opts)
 	if err != nil {
 		return err
 	}

@@ -346,6 +346,11 @@ func TestAccessConfigProblems(t *testing.T) {
 			`TOKENCACHE_API_KEYS_FILE: key 1 ("a"): roles: "superuser" is not valid`,
 			`TOKENCACHE_API_KEYS_FILE: key "a": the name is used twice`}},
 		{map[string]string{"TOKENCACHE_API_KEYS": "k", "TOKENCACHE_BULK_SHARE": "1.5"}, []string{"TOKENCACHE_BULK_SHARE=1.5: must be above 0 and at most 1"}},
+		// The cache's own rules, worded as settings.
+		{map[string]string{"TOKENCACHE_API_KEYS": "k", "TOKENCACHE_LOCAL_SIZE": "-1", "TOKENCACHE_REFRESH_AFTER": "6h", "TOKENCACHE_NEGATIVE_TTL": "-1s"}, []string{
+			"TOKENCACHE_LOCAL_SIZE=-1: must be 0 (off) or more",
+			"TOKENCACHE_REFRESH_AFTER=6h0m0s: must be positive and under TTL (5h45m0s)",
+			"TOKENCACHE_NEGATIVE_TTL=-1s: must be positive"}},
 	} {
 		env := maps.Clone(base)
 		maps.Copy(env, tt.env)
