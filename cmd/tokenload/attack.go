@@ -50,8 +50,12 @@ type attackReport struct {
 	OffTable     int            `json:"errorsOffTable"`
 	OffTableEg   []string       `json:"errorsOffTableExamples,omitempty"`
 	DistinctKeys int            `json:"distinctKeys"`
-	Seed         uint64         `json:"seed"`
-	Failed       []string       `json:"failedChecks,omitempty"`
+	// The answers fetched from Polyv during the run, by why: viewers the run
+	// made up (-miss-ratio), and known viewers whose token was not cached.
+	MissesNew   int64    `json:"missesNewIdentities"`
+	MissesKnown int64    `json:"missesKnownIdentities"`
+	Seed        uint64   `json:"seed"`
+	Failed      []string `json:"failedChecks,omitempty"`
 }
 
 func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -66,10 +70,11 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	timeout := fs.Duration("timeout", 30*time.Second, "per-request timeout")
 	channels := fs.Int("channels", 10, "channels")
 	users := fs.Int("users", 1000, "known users per channel")
+	pool := fs.String("pool", "", "replay the known viewers of a pool written by `tokenload warm` instead of -channels and -users")
 	roleMix := fs.String("roles", "viewer=0.95,guest=0.03,assistant=0.01,teacher=0.01", "role mix, role=weight,...")
 	popularity := fs.String("popularity", "zipf", "how known users are picked: zipf or uniform")
 	zipfS := fs.Float64("zipf-s", 1.1, "zipf exponent (over 1)")
-	missRatio := fs.Float64("miss-ratio", 0, "fraction of requests for never-seen users (forced misses)")
+	missRatio := fs.Float64("miss-ratio", 0, "fraction of requests for viewers the run makes up (forced misses); known viewers not warmed miss too, once each")
 	seed := fs.Uint64("seed", 0, "random seed; 0 picks one, and the report prints it")
 	stats := fs.String("stats", "", "Polyv simulator base URL (a trailing /stats is fine): count its calls and check every token against /issued; unreachable is fatal")
 	maxErrorRatio := fs.Float64("max-error-ratio", 0, "exit non-zero when more than this fraction of requests fail")
@@ -91,6 +96,13 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	wl, err := newWorkload(*channels, *users, roles, *popularity, *zipfS, *missRatio, *seed)
 	if err != nil {
 		return err
+	}
+	if *pool != "" {
+		ids, err := readPoolIdentities(*pool)
+		if err != nil {
+			return fmt.Errorf("-pool: %w", err)
+		}
+		wl.replay(ids, *zipfS)
 	}
 	bases := targets.orDefault()
 	if *rate < 0 || (*rate == 0 && *maxWorkers == 0) {
@@ -173,6 +185,9 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		Transport: chk.transport, EmptyTokens: chk.empty, OffTable: chk.offTable, OffTableEg: chk.offTableEg,
 		DistinctKeys: len(chk.tokens), Seed: *seed,
 	}
+	rep.MissesNew = wl.fresh.Load()
+	fetched := int64(chk.cacheStatus["fwd=miss; stored"] + chk.cacheStatus["fwd=miss; collapsed"])
+	rep.MissesKnown = max(0, fetched-rep.MissesNew)
 	for e := range transportEg {
 		rep.TransportEg = append(rep.TransportEg, e)
 	}
@@ -270,6 +285,10 @@ func printReport(w io.Writer, r attackReport) {
 		fmt.Fprintf(tw, "upstream calls\t%.0f (tokencache_upstream_requests_total)\n", *r.UpstreamProm)
 	}
 	fmt.Fprintf(tw, "distinct keys\t%d\n", r.DistinctKeys)
+	if r.Requests > 0 {
+		fmt.Fprintf(tw, "misses\t%.1f%% new viewers (-miss-ratio), %.1f%% known viewers fetched for the first time (not warmed: run tokenload warm, then attack -pool)\n",
+			100*float64(r.MissesNew)/float64(r.Requests), 100*float64(r.MissesKnown)/float64(r.Requests))
+	}
 	check := fmt.Sprintf("empty tokens %d, errors off the table %d", r.EmptyTokens, r.OffTable)
 	if r.WrongTokens != nil {
 		check += fmt.Sprintf(", tokens Polyv never issued for their key %d", *r.WrongTokens)

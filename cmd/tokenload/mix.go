@@ -56,8 +56,10 @@ func parseRoleMix(s string) ([]weightedRole, error) {
 
 // workload picks the identity of each request: a known viewer chosen by
 // popularity, or, with probability missRatio, a viewer never seen before.
+// Known viewers are synthetic (channels × users), or a replayed pool.
 type workload struct {
 	channels, users int
+	pool            []identity // the known viewers, when replaying a pool
 	channelPrefix   string
 	origin          string
 	roles           []weightedRole
@@ -94,9 +96,28 @@ func newWorkload(channels, users int, roles []weightedRole, popularity string, z
 	return w, nil
 }
 
+// replay makes w's known viewers those of pool (not empty) instead.
+func (w *workload) replay(pool []identity, zipfS float64) {
+	w.pool = pool
+	if w.zipf != nil {
+		w.zipf = rand.NewZipf(w.rng, zipfS, 1, uint64(len(pool)-1))
+	}
+}
+
+// size is the number of known viewers.
+func (w *workload) size() int {
+	if w.pool != nil {
+		return len(w.pool)
+	}
+	return w.channels * w.users
+}
+
 // known returns the n-th known viewer: users are spread over channels, and
 // a viewer's role is fixed by its number, so it always asks for one key.
 func (w *workload) known(n int) identity {
+	if w.pool != nil {
+		return w.pool[n]
+	}
 	ch, user := n%w.channels, n/w.channels
 	return identity{
 		ChannelID: fmt.Sprintf("%s-%d", w.channelPrefix, ch),
@@ -108,7 +129,7 @@ func (w *workload) known(n int) identity {
 
 // all lists every known viewer, for warming.
 func (w *workload) all() []identity {
-	out := make([]identity, w.channels*w.users)
+	out := make([]identity, w.size())
 	for i := range out {
 		out[i] = w.known(i)
 	}
@@ -133,15 +154,14 @@ func (w *workload) next() identity {
 	miss := w.rng.Float64() < w.missRatio
 	var n int
 	switch {
-	case miss:
-		n = w.rng.IntN(w.channels)
-	case w.zipf != nil:
+	case w.zipf != nil && !miss:
 		n = int(w.zipf.Uint64())
 	default:
-		n = w.rng.IntN(w.channels * w.users)
+		n = w.rng.IntN(w.size())
 	}
 	w.mu.Unlock()
 	if miss {
+		// A new viewer in a known viewer's channel, with its role.
 		id := w.known(n)
 		id.UserID = fmt.Sprintf("fresh-%s-%d", w.runID, w.fresh.Add(1))
 		return id

@@ -196,6 +196,14 @@ func TestAttackReport(t *testing.T) {
 	if r.Seed == 0 {
 		t.Error("the report does not give the seed")
 	}
+	// Every fetch is explained: a made-up viewer, or a known one not warmed.
+	fetched := int64(r.CacheStatus["fwd=miss; stored"] + r.CacheStatus["fwd=miss; collapsed"])
+	if r.MissesNew == 0 || r.MissesKnown == 0 || r.MissesNew+r.MissesKnown != fetched {
+		t.Errorf("misses: %d new + %d known, want both above 0 and summing to the %d fetched", r.MissesNew, r.MissesKnown, fetched)
+	}
+	if ratio := float64(r.MissesNew) / float64(r.Requests); ratio < 0.1 || ratio > 0.3 {
+		t.Errorf("new viewers are %.2f of requests, want about -miss-ratio 0.2", ratio)
+	}
 	if fi, err := os.Stat(out); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("results file mode %v (%v), want 0600: it holds live tokens", fi.Mode().Perm(), err)
 	}
@@ -206,6 +214,46 @@ func TestAttackReport(t *testing.T) {
 	var first vegeta.Result
 	if err := dec.Decode(&first); err != nil || first.Code != 200 {
 		t.Errorf("results file: %v %+v", err, first)
+	}
+}
+
+// warm writes a pool; attack -pool replays it: every request is a hit for a
+// pooled viewer, and nothing is fetched.
+func TestAttackReplaysPool(t *testing.T) {
+	api, sim := startService(t)
+	pool := filepath.Join(t.TempDir(), "pool.jsonl")
+	var stdout, stderr bytes.Buffer
+	if err := warmCmd(context.Background(), []string{"-target", api, "-key", "k", "-generate", "40", "-channels", "3", "-out", pool, "-quiet"}, &stdout, &stderr); err != nil {
+		t.Fatalf("warm: %v\n%s", err, stderr.String())
+	}
+	ids, err := readPoolIdentities(pool)
+	if err != nil || len(ids) != 40 {
+		t.Fatalf("pool: %d identities, %v", len(ids), err)
+	}
+	pooled := map[string]bool{}
+	for _, id := range ids {
+		pooled[id.key()] = true
+	}
+	stdout.Reset()
+	err = attackCmd(context.Background(), []string{"-target", api, "-key", "k", "-rate", "200", "-duration", "1s",
+		"-pool", pool, "-stats", sim, "-json", "-quiet"}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("attack -pool: %v\n%s", err, stderr.String())
+	}
+	var r attackReport
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Requests < 150 || r.CacheStatus["hit"] != int(r.Requests) || r.MissesNew != 0 || r.MissesKnown != 0 || *r.UpstreamSim != 0 {
+		t.Errorf("attack -pool over a warm pool: %+v", r)
+	}
+	if r.DistinctKeys < 30 || r.DistinctKeys > 40 {
+		t.Errorf("distinct keys %d, want most of the 40 pooled", r.DistinctKeys)
+	}
+
+	os.WriteFile(pool, []byte("not json\n"), 0o600)
+	if err := attackCmd(context.Background(), []string{"-target", api, "-pool", pool, "-quiet"}, &stdout, &stderr); err == nil || !strings.Contains(err.Error(), "line 1") {
+		t.Errorf("attack -pool over a broken pool = %v", err)
 	}
 }
 

@@ -231,6 +231,37 @@ func readPool(path string, until time.Time) (map[string]bool, error) {
 	return warm, sc.Err()
 }
 
+// readPoolIdentities returns the identities of a pool written by warm, each
+// once, in file order.
+func readPoolIdentities(path string) ([]identity, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var ids []identity
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		var e poolEntry
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil || e.ChannelID == "" || e.UserID == "" || e.Role == "" {
+			return nil, fmt.Errorf("%s line %d: not a pool entry written by tokenload warm", path, n)
+		}
+		if !seen[e.key()] {
+			seen[e.key()] = true
+			ids = append(ids, e.identity)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("%s holds no identities: run tokenload warm first", path)
+	}
+	return ids, nil
+}
+
 // groupBatches splits identities into per-channel batches of at most n.
 func groupBatches(ids []identity, n int) [][]identity {
 	byChannel := map[string][]identity{}
