@@ -2,8 +2,13 @@ package cache
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/tokencache/tokencache/internal/redistest"
 )
 
 // Invalidations published while a subscriber reconnects are lost; the
@@ -41,5 +46,68 @@ func TestDeleteReachesAnInstanceWhosePubSubDropped(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+	}
+}
+
+// An instance waiting on another's fetch is woken by pub/sub when the token
+// is stored, long before its next poll; on Redis Cluster too, where the
+// store script publishes on one node.
+func TestWaiterIsWokenByTheStore(t *testing.T) {
+	run := func(t *testing.T, rdb redis.UniversalClient) {
+		up := &fakeUpstream{delay: 300 * time.Millisecond}
+		o := testOptions(func(o *Options) { o.PollInterval = 20 * time.Second })
+		fleet := newFleet(t, rdb, up, 2, &o)
+		ctx := context.Background()
+		go func() { _, _, _ = fleet[0].Get(ctx, viewerKey) }()
+		eventually(t, "the first instance to fetch", func() bool { return up.calls.Load() == 1 })
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second) // a poll would come after 10 s or more
+		defer cancel()
+		if _, res, err := fleet[1].Get(wctx, viewerKey); err != nil || res != ResultCoalesced {
+			t.Fatalf("waiting instance: Get() = %v, %v; want the other's token", res, err)
+		}
+		if got := up.calls.Load(); got != 1 {
+			t.Errorf("upstream calls = %d, want 1", got)
+		}
+	}
+	eachBackend(t, func(t *testing.T, b backend) {
+		rdb, _ := b.open(t)
+		run(t, rdb)
+	})
+	t.Run("cluster", func(t *testing.T) { run(t, redistest.StartCluster(t, 3)) })
+}
+
+// A miss nobody else waits for sends no pub/sub message: with a fleet of
+// N, each would be read by N instances.
+func TestUncontendedMissPublishesNothing(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	c := newCache(t, rdb, &fakeUpstream{}, testOptions(nil))
+	ctx := context.Background()
+	sub := ownClient(t, rdb).Subscribe(ctx, c.events.channel)
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if _, res, err := c.Get(ctx, Key{ChannelID: "100", UserID: fmt.Sprint("solo-", i), Role: "viewer"}); err != nil || res != ResultMiss {
+			t.Fatalf("Get() = %v, %v", res, err)
+		}
+	}
+	// A Delete always tells the fleet: its message marks the end.
+	if err := c.Delete(ctx, viewerKey); err != nil {
+		t.Fatal(err)
+	}
+	var msgs []string
+	for {
+		m, err := sub.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, m.Payload)
+		if strings.HasSuffix(m.Payload, c.keysOf(viewerKey).value) {
+			break
+		}
+	}
+	if len(msgs) != 1 {
+		t.Errorf("%d pub/sub messages for 20 uncontended misses and a delete, want only the delete's: %v", len(msgs), msgs)
 	}
 }

@@ -130,7 +130,7 @@ func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner 
 	defer stopRenew()
 
 	if err := c.waitSlot(ctx, keys.value, true); err != nil {
-		c.releaseAndPublish(ctx, keys, owner)
+		c.handOver(ctx, keys, owner)
 		return fillResult{}, err
 	}
 	tok, err := c.callUpstream(ctx, k)
@@ -140,7 +140,7 @@ func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner 
 			c.store(ctx, keys, owner, e, gen)
 			return fillResult{entry: e, result: ResultMiss}, nil
 		}
-		c.releaseAndPublish(ctx, keys, owner)
+		c.handOver(ctx, keys, owner)
 		return fillResult{}, err
 	}
 	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}

@@ -61,6 +61,12 @@ func (r redisKeys) lease() string { return r.sibling("l:") }
 // backoff is the key that holds the fleet back after failed refreshes.
 func (r redisKeys) backoff() string { return r.sibling("b:") }
 
+// waiters is set while another instance waits for the lease holder.
+func (r redisKeys) waiters() string { return r.sibling("w:") }
+
+// leaseKeys are the keys of the lease scripts: value, lease, waiters.
+func (r redisKeys) leaseKeys() []string { return []string{r.value, r.lease(), r.waiters()} }
+
 func (r redisKeys) sibling(kind string) string { return r.value[:r.base] + kind + r.value[r.base+2:] }
 
 func (k Key) redisKeys(prefix string) redisKeys { return k.redisKeysOf(prefix, k.identity()) }

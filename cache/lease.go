@@ -12,11 +12,13 @@ import (
 // hash slot, so they run on Redis Cluster too.
 var (
 	// acquireScript returns {1, value} when the value exists, {2} when
-	// this caller took the fill lease, and {0} when another holds it.
+	// this caller took the fill lease, and {0} when another holds it: then
+	// it marks that someone waits (KEYS[3]), so that the store wakes them.
 	acquireScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if v then return {1, v} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
 return {0}`)
 
 	// leaseOverScript takes the fill lease over a value the caller could not
@@ -26,6 +28,7 @@ return {0}`)
 local v = redis.call('GET', KEYS[1])
 if v and v ~= ARGV[3] then return {1, v} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
 return {0}`)
 
 	// refreshLeaseScript takes the lease for a refresh unless the fleet is
@@ -36,12 +39,21 @@ if redis.call('PTTL', KEYS[3]) > tonumber(ARGV[3]) then return {0} end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
 return {1, redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[3]) or '0'}`)
 
-	// storeScript stores a value, ends any backoff, and releases the lease
-	// if ARGV[3] holds it.
+	// storeScript stores a value, ends any backoff, releases the lease if
+	// ARGV[3] holds it, and wakes the waiters, if any, with message ARGV[5]
+	// on channel ARGV[4]: an uncontended fill tells no one.
 	storeScript = redis.NewScript(`
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[3])
 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+if redis.call('DEL', KEYS[4]) == 1 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return 1`)
+
+	// handOverScript releases the lease if ARGV[1] holds it, and wakes the
+	// waiters, if any, so that one of them fetches at once.
+	handOverScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return 1`)
 
 	// extendScript renews the lease for ARGV[2] ms if ARGV[1] holds it.
@@ -73,7 +85,7 @@ const (
 // trusted, or else tries the fill lease. A value that cannot be trusted
 // counts as absent, and is overwritten by the fetch.
 func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (int, entry, error) {
-	return c.acquireFrom(ctx, keys, owner, acquireScript.Run(ctx, c.rdb, []string{keys.value, keys.lease()}, owner, c.leaseFor().Milliseconds()))
+	return c.acquireFrom(ctx, keys, owner, acquireScript.Run(ctx, c.rdb, keys.leaseKeys(), owner, c.leaseFor().Milliseconds()))
 }
 
 // acquireUnlessRejected is acquire, with the remembered rejection of k's
@@ -84,7 +96,7 @@ func (c *Cache) acquireUnlessRejected(ctx context.Context, k Key, keys redisKeys
 	gen := c.localGen(rejKey)
 	pipe := c.rdb.Pipeline()
 	rej := pipe.Get(ctx, rejKey)
-	acq := acquireScript.EvalSha(ctx, pipe, []string{keys.value, keys.lease()}, owner, c.leaseFor().Milliseconds())
+	acq := acquireScript.EvalSha(ctx, pipe, keys.leaseKeys(), owner, c.leaseFor().Milliseconds())
 	_, _ = pipe.Exec(ctx) // each command's error is read below
 	if raw, err := rej.Bytes(); err == nil {
 		if e, ok := c.decodeLive(rejKey, raw); ok && e.Rejected != nil {
@@ -122,7 +134,7 @@ func (c *Cache) acquireFrom(ctx context.Context, keys redisKeys, owner string, c
 		}
 		// Take the lease over this value, unless another instance has
 		// stored a new one meanwhile.
-		cmd = leaseOverScript.Run(ctx, c.rdb, []string{keys.value, keys.lease()}, owner, c.leaseFor().Milliseconds(), raw)
+		cmd = leaseOverScript.Run(ctx, c.rdb, keys.leaseKeys(), owner, c.leaseFor().Milliseconds(), raw)
 	}
 }
 
@@ -148,45 +160,36 @@ func (c *Cache) takeRefreshLease(ctx context.Context, keys redisKeys, owner stri
 }
 
 // store writes e to Redis and, unless invalidated since gen, to the local
-// cache, releases the lease and tells the fleet. A Redis failure here loses
-// nothing the caller needs: the token is still returned.
+// cache, releases the lease and wakes the fleet's waiters. A Redis failure
+// here loses nothing the caller needs: the token is still returned.
 func (c *Cache) store(ctx context.Context, keys redisKeys, owner string, e entry, gen uint64) {
 	c.localSetIf(keys.value, e, gen)
 	ttl := e.Until.Sub(c.opts.Now())
 	if ttl < time.Millisecond {
-		c.releaseAndPublish(ctx, keys, owner)
+		c.handOver(ctx, keys, owner)
 		return
 	}
-	c.runAndPublish(ctx, keys.value, storeScript, []string{keys.value, keys.lease(), keys.backoff()},
-		c.encode(keys.value, e), ttl.Milliseconds(), owner)
+	c.runAndWake(ctx, keys.value, storeScript, []string{keys.value, keys.lease(), keys.backoff(), keys.waiters()},
+		c.encode(keys.value, e), ttl.Milliseconds(), owner, c.events.channel, c.events.message(keys.value))
 }
 
 func (c *Cache) releaseLease(ctx context.Context, keys redisKeys, owner string) {
 	_ = releaseScript.Run(context.WithoutCancel(ctx), c.rdb, []string{keys.lease()}, owner).Err()
 }
 
-// releaseAndPublish releases the lease and wakes the fleet's waiters, so
-// that one of them fetches at once.
-func (c *Cache) releaseAndPublish(ctx context.Context, keys redisKeys, owner string) {
-	c.runAndPublish(ctx, keys.value, releaseScript, []string{keys.lease()}, owner)
+// handOver releases the lease after a failed fetch and wakes the fleet's
+// waiters, so that one of them fetches at once.
+func (c *Cache) handOver(ctx context.Context, keys redisKeys, owner string) {
+	c.runAndWake(ctx, keys.value, handOverScript, []string{keys.lease(), keys.waiters()},
+		owner, c.events.channel, c.events.message(keys.value))
 }
 
-// runAndPublish runs script, then publishes that key changed, in one round
-// trip. It runs even when ctx has ended, within the client's timeouts: it
-// finishes a fetch already paid for.
-func (c *Cache) runAndPublish(ctx context.Context, key string, script *redis.Script, keys []string, args ...any) {
-	ctx = context.WithoutCancel(ctx)
-	pipe := c.rdb.Pipeline()
-	run := script.EvalSha(ctx, pipe, keys, args...)
-	pipe.Publish(ctx, c.events.channel, c.events.message(key))
-	_, _ = pipe.Exec(ctx) // failures are tolerated, see store
+// runAndWake runs a script that wakes the waiters of key elsewhere in the
+// fleet, and wakes those in this process. It runs even when ctx has ended,
+// within the client's timeouts: it finishes a fetch already paid for.
+func (c *Cache) runAndWake(ctx context.Context, key string, script *redis.Script, keys []string, args ...any) {
+	_ = script.Run(context.WithoutCancel(ctx), c.rdb, keys, args...).Err() // failures are tolerated, see store
 	c.events.notify(key)
-	if err := run.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		// Redis lost its scripts: Run loads it, and the fleet is told again,
-		// now that the change is made.
-		_ = script.Run(ctx, c.rdb, keys, args...).Err()
-		c.events.publish(ctx, c.rdb, key)
-	}
 }
 
 // backOff tells the fleet to leave keys alone for wait, after failures

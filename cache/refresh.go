@@ -103,6 +103,8 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 		return
 	}
 	c.store(ctx, keys, owner, e, gen)
+	// Other instances hold the old token: they drop it for the new one.
+	c.events.publish(ctx, c.rdb, keys.value)
 }
 
 func (c *Cache) refreshCall(ctx context.Context, k Key, keys redisKeys, fleet bool) (Token, error) {
