@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -40,7 +41,15 @@ import (
 	"github.com/tokencache/tokencache/polyv/polyvsim"
 )
 
+// defaultGCPercent is the server's GOGC unless the environment sets one: its
+// live heap is tens of MB, so collecting at 4× it instead of 2× costs little
+// memory and gives the hit path about 5 % more throughput (bench-http).
+const defaultGCPercent = 400
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGCPercent)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
