@@ -231,6 +231,7 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
+	opts.Metrics.rateLimit.Set(float64(opts.RateLimit))
 	c := &Cache{
 		rdb:      rdb,
 		upstream: upstream,

@@ -31,6 +31,7 @@ type Metrics struct {
 	redisCircuitOpen prometheus.Gauge
 	refreshes        *prometheus.CounterVec
 	unopenable       prometheus.Counter
+	rateLimit        prometheus.Gauge
 
 	// Children resolved once, so the hit path does no label lookup.
 	byResult map[Result]prometheus.Counter
@@ -65,6 +66,9 @@ func NewMetrics() *Metrics {
 		unopenable: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokencache_undecryptable_values_total", Help: "Values in Redis no encryption key opened; each was fetched again.",
 		}),
+		rateLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tokencache_polyv_rate_limit", Help: "The fleet-wide Polyv calls per second allowed (POLYV_RATE_LIMIT), to compare the call rate with.",
+		}),
 		byResult: map[Result]prometheus.Counter{},
 	}
 	for _, r := range allResults {
@@ -75,7 +79,7 @@ func NewMetrics() *Metrics {
 
 // Collectors returns every collector, for prometheus.Registerer.MustRegister.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.results, m.upstreamRequests, m.upstreamDuration, m.leaseWait, m.redisErrors, m.redisCircuitOpen, m.refreshes, m.unopenable}
+	return []prometheus.Collector{m.results, m.upstreamRequests, m.upstreamDuration, m.leaseWait, m.redisErrors, m.redisCircuitOpen, m.refreshes, m.unopenable, m.rateLimit}
 }
 
 func (m *Metrics) result(r Result) { m.byResult[r].Inc() }

@@ -179,3 +179,13 @@ func TestScriptsFlushed(t *testing.T) {
 		}
 	})
 }
+
+// The configured rate limit is exported, for alerts and dashboards to set
+// the call rate against.
+func TestRateLimitIsExported(t *testing.T) {
+	rdb, _ := backends()[0].open(t)
+	c := newCache(t, rdb, &fakeUpstream{}, testOptions(func(o *Options) { o.RateLimit = 150 }))
+	if got := testutil.ToFloat64(c.metrics.rateLimit); got != 150 {
+		t.Errorf("tokencache_polyv_rate_limit = %v, want 150", got)
+	}
+}
