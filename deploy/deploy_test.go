@@ -16,6 +16,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 
 	"github.com/prometheus/common/model"
@@ -159,11 +160,19 @@ func TestKubernetesManifests(t *testing.T) {
 	env := map[string]bool{}
 	for _, e := range c.Env {
 		env[e.Name] = true
+		if e.Name == "GOMEMLIMIT" {
+			// The server runs with GOGC=400: the soft limit keeps the heap
+			// under the container's, with room for the runtime.
+			soft, err := resource.ParseQuantity(strings.TrimSuffix(e.Value, "B"))
+			if limit := c.Resources.Limits.Memory(); err != nil || limit.IsZero() || soft.Value() > limit.Value()*9/10 {
+				t.Errorf("GOMEMLIMIT %s: want at most 90%% of the memory limit %v (%v)", e.Value, limit, err)
+			}
+		}
 		if e.Value != "" && strings.Contains(strings.ToLower(e.Name), "secret") && !strings.HasSuffix(e.Name, "_FILE") {
 			t.Errorf("%s is set in the manifest, not from the Secret", e.Name)
 		}
 	}
-	for _, want := range []string{"POLYV_APP_SECRET_FILE", "TOKENCACHE_API_KEYS_FILE", "REDIS_URL", "TOKENCACHE_ADMIN_ADDR"} {
+	for _, want := range []string{"POLYV_APP_SECRET_FILE", "TOKENCACHE_API_KEYS_FILE", "REDIS_URL", "TOKENCACHE_ADMIN_ADDR", "GOMEMLIMIT"} {
 		if !env[want] {
 			t.Errorf("the Deployment does not set %s", want)
 		}
