@@ -79,15 +79,8 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, er
 	defer unregister()
 
 	var waitStart time.Time
-	for first := true; ; first = false {
-		var state int
-		var e entry
-		var err error
-		if first {
-			state, e, err = c.acquireUnlessRejected(ctx, k, keys, owner)
-		} else {
-			state, e, err = c.acquire(ctx, keys, owner)
-		}
+	state, e, err := c.acquireUnlessRejected(ctx, k, keys, owner)
+	for {
 		if err != nil {
 			if ctx.Err() != nil {
 				return fillResult{}, ctx.Err()
@@ -119,6 +112,7 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, er
 		case <-ctx.Done():
 			return fillResult{}, ctx.Err()
 		}
+		state, e, err = c.acquire(ctx, keys, owner)
 	}
 }
 
