@@ -116,7 +116,8 @@ const (
 	DefaultBulkShare    = 0.5
 )
 
-// setDefaults fills every zero field but LocalSize, whose zero means off.
+// setDefaults fills every zero setting but LocalSize, whose zero means off.
+// New makes the Metrics, so that Validate builds none.
 func (o *Options) setDefaults() {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
@@ -145,9 +146,6 @@ func (o *Options) setDefaults() {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
-	}
-	if o.Metrics == nil {
-		o.Metrics = NewMetrics()
 	}
 }
 
@@ -230,6 +228,9 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 	opts.setDefaults()
 	if err := opts.Validate(); err != nil {
 		return nil, err
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics()
 	}
 	opts.Metrics.rateLimit.Set(float64(opts.RateLimit))
 	c := &Cache{
