@@ -126,10 +126,11 @@ and no Redis.`
 // shortDuration is d as a setting's default is written: 5h45m, not 5h45m0s.
 func shortDuration(d time.Duration) string {
 	s := d.String()
-	for _, zero := range []string{"0s", "0m"} {
-		if strings.HasSuffix(s, "m"+zero) || strings.HasSuffix(s, "h"+zero) {
-			s = strings.TrimSuffix(s, zero)
-		}
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
 }
@@ -139,7 +140,7 @@ func (c *Config) cacheOptions() cache.Options {
 	return cache.Options{
 		Prefix: c.KeyPrefix, TTL: c.TTL, RefreshAfter: c.RefreshAfter, NegativeTTL: c.NegativeTTL,
 		LocalSize: c.LocalSize, RateLimit: c.RateLimit, BulkShare: c.BulkShare, EncryptionKeys: c.EncryptionKeys,
-		FillTimeout: 3*c.PolyvTimeout + time.Second, // every attempt, and then some
+		FillTimeout: 3*max(c.PolyvTimeout, 0) + time.Second, // every attempt, and then some; POLYV_TIMEOUT has its own check
 	}
 }
 
@@ -147,7 +148,7 @@ func (c *Config) cacheOptions() cache.Options {
 var cacheOptionSettings = map[string]string{
 	"Prefix": "TOKENCACHE_KEY_PREFIX", "TTL": "TOKENCACHE_TTL", "RefreshAfter": "TOKENCACHE_REFRESH_AFTER",
 	"NegativeTTL": "TOKENCACHE_NEGATIVE_TTL", "LocalSize": "TOKENCACHE_LOCAL_SIZE", "RateLimit": "POLYV_RATE_LIMIT",
-	"BulkShare": "TOKENCACHE_BULK_SHARE", "FillTimeout": "POLYV_TIMEOUT",
+	"BulkShare": "TOKENCACHE_BULK_SHARE",
 }
 
 // cacheProblems words cache.Options.Validate's findings as settings: the

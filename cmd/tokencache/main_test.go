@@ -363,6 +363,16 @@ func TestAccessConfigProblems(t *testing.T) {
 	}
 }
 
+// A bad POLYV_TIMEOUT is reported once, with its own value, not again
+// through the fill timeout the cache derives from it.
+func TestPolyvTimeoutReportedOnce(t *testing.T) {
+	_, err := loadConfig(nil, envFunc(map[string]string{"POLYV_APP_ID": "a", "POLYV_APP_SECRET": "s",
+		"TOKENCACHE_API_KEYS": "k", "POLYV_TIMEOUT": "-1s"}), io.Discard)
+	if err == nil || strings.Count(err.Error(), "POLYV_TIMEOUT") != 1 {
+		t.Errorf("loadConfig() = %v, want one line about POLYV_TIMEOUT", err)
+	}
+}
+
 // Changing the keys file under a running server swaps the keys: the old one
 // stops working, the new one works, and a key in both never fails.
 func TestKeysFileReload(t *testing.T) {
