@@ -209,57 +209,65 @@ func parseIdentities(r io.Reader) ([]identity, error) {
 	return ids, sc.Err()
 }
 
-// readPool returns the keys of pooled tokens still valid at until.
+// readPool returns the keys of pooled tokens still valid at until. A line
+// it cannot read (a run killed mid-write) only means that token is fetched
+// again.
 func readPool(path string, until time.Time) (map[string]bool, error) {
 	warm := map[string]bool{}
-	f, err := os.Open(path)
+	err := eachPoolLine(path, func(_ int, line []byte) error {
+		var e poolEntry
+		if json.Unmarshal(line, &e) == nil && e.Token != "" && e.ExpiresAt.After(until) {
+			warm[e.key()] = true
+		}
+		return nil
+	})
 	if errors.Is(err, os.ErrNotExist) {
 		return warm, nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		var e poolEntry
-		if json.Unmarshal(sc.Bytes(), &e) == nil && e.Token != "" && e.ExpiresAt.After(until) {
-			warm[e.key()] = true
-		}
-	}
-	return warm, sc.Err()
+	return warm, err
 }
 
 // readPoolIdentities returns the identities of a pool written by warm, each
 // once, in file order.
 func readPoolIdentities(path string) ([]identity, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	var ids []identity
 	seen := map[string]bool{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for n := 1; sc.Scan(); n++ {
+	err := eachPoolLine(path, func(n int, line []byte) error {
 		var e poolEntry
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil || e.ChannelID == "" || e.UserID == "" || e.Role == "" {
-			return nil, fmt.Errorf("%s line %d: not a pool entry written by tokenload warm", path, n)
+		if err := json.Unmarshal(line, &e); err != nil || e.ChannelID == "" || e.UserID == "" || e.Role == "" {
+			return fmt.Errorf("%s line %d: not a pool entry written by tokenload warm", path, n)
 		}
 		if !seen[e.key()] {
 			seen[e.key()] = true
 			ids = append(ids, e.identity)
 		}
-	}
-	if err := sc.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	if len(ids) == 0 {
 		return nil, fmt.Errorf("%s holds no identities: run tokenload warm first", path)
 	}
 	return ids, nil
+}
+
+// eachPoolLine calls fn with each line of the pool at path, numbered from 1,
+// until fn fails.
+func eachPoolLine(path string, fn func(n int, line []byte) error) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		if err := fn(n, sc.Bytes()); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
 }
 
 // groupBatches splits identities into per-channel batches of at most n.
