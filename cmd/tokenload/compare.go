@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -131,14 +132,6 @@ func median(xs []float64) float64 {
 
 // medianRound is the round of median throughput (the lower of the middle two).
 func medianRound(rounds []attackReport) attackReport {
-	s := slices.SortedFunc(slices.Values(rounds), func(a, b attackReport) int {
-		switch {
-		case a.Throughput < b.Throughput:
-			return -1
-		case a.Throughput > b.Throughput:
-			return 1
-		}
-		return 0
-	})
+	s := slices.SortedFunc(slices.Values(rounds), func(a, b attackReport) int { return cmp.Compare(a.Throughput, b.Throughput) })
 	return s[(len(s)-1)/2]
 }
