@@ -38,12 +38,22 @@ const keyVersion = "v1"
 
 // identity is an injective text form of k: each field is query-escaped, which
 // always escapes ':', so joining the fields with ':' cannot be ambiguous.
-func (k Key) identity() string {
+func (k Key) identity() string { return string(k.appendIdentity(nil)) }
+
+// appendIdentity appends k's identity to b; QueryEscape returns a field that
+// needs no escaping as it is, so a plain key allocates nothing here.
+func (k Key) appendIdentity(b []byte) []byte {
 	if k.Kind == KindChannel {
-		return "ch:" + url.QueryEscape(k.ChannelID)
+		return append(append(b, "ch:"...), url.QueryEscape(k.ChannelID)...)
 	}
-	return "chat:" + url.QueryEscape(k.ChannelID) + ":" + url.QueryEscape(k.UserID) + ":" +
-		url.QueryEscape(k.Role) + ":" + url.QueryEscape(k.Origin)
+	b = append(b, "chat:"...)
+	for i, f := range [...]string{k.ChannelID, k.UserID, k.Role, k.Origin} {
+		if i > 0 {
+			b = append(b, ':')
+		}
+		b = append(b, url.QueryEscape(f)...)
+	}
+	return b
 }
 
 // redisKeys are the Redis keys of one token. They share a hash tag made from
@@ -69,12 +79,27 @@ func (r redisKeys) leaseKeys() []string { return []string{r.value, r.lease(), r.
 
 func (r redisKeys) sibling(kind string) string { return r.value[:r.base] + kind + r.value[r.base+2:] }
 
-func (k Key) redisKeys(prefix string) redisKeys { return k.redisKeysOf(prefix, k.identity()) }
+func (k Key) redisKeys(prefix string) redisKeys {
+	var buf [128]byte // most identities fit: then the key is the only allocation
+	return redisKeysOf(prefix, k.appendIdentity(buf[:0]))
+}
 
-// redisKeysOf names the keys of identity id, clear or hidden.
-func (k Key) redisKeysOf(prefix, id string) redisKeys {
-	base := prefix + keyVersion + ":{" + strconv.FormatUint(xxhash.Sum64String(id), 36) + "}:"
-	return redisKeys{value: base + "t:" + id, base: len(base)}
+// redisKeysOf names the keys of identity id, clear or hidden, built in one
+// allocation.
+func redisKeysOf(prefix string, id []byte) redisKeys {
+	var tag [13]byte // a uint64 in base 36
+	hash := strconv.AppendUint(tag[:0], xxhash.Sum64(id), 36)
+	var b strings.Builder
+	b.Grow(len(prefix) + len(keyVersion) + len(":{}:") + len(hash) + len("t:") + len(id))
+	b.WriteString(prefix)
+	b.WriteString(keyVersion)
+	b.WriteString(":{")
+	b.Write(hash)
+	b.WriteString("}:")
+	base := b.Len()
+	b.WriteString("t:")
+	b.Write(id)
+	return redisKeys{value: b.String(), base: base}
 }
 
 // keysOf returns k's Redis keys; with encryption on, the identity in them is
@@ -83,7 +108,8 @@ func (c *Cache) keysOf(k Key) redisKeys {
 	if c.sealer == nil {
 		return k.redisKeys(c.opts.Prefix)
 	}
-	return k.redisKeysOf(c.opts.Prefix, c.sealer.identity(k.identity()))
+	var buf [128]byte
+	return redisKeysOf(c.opts.Prefix, c.sealer.identity(k.appendIdentity(buf[:0])))
 }
 
 // channelRejectionKey is the key of a Polyv rejection of k's whole channel.

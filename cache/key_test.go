@@ -73,3 +73,39 @@ func TestLeaseKey(t *testing.T) {
 		t.Errorf("lease() = %q, want %q", k.lease(), want)
 	}
 }
+
+// The key names are shared with the instances of earlier releases during a
+// rolling update, so their bytes must not change unless keyVersion does.
+func TestKeyNamesStable(t *testing.T) {
+	c := newSealedCacheForKeys(t)
+	for _, tt := range []struct {
+		k          Key
+		clear, hid string
+	}{
+		{Key{ChannelID: "2094979", UserID: "1b448be323", Role: "viewer", Origin: "web"},
+			"tc:v1:{1mcveb007rkm4}:t:chat:2094979:1b448be323:viewer:web",
+			"tc:v1:{gqanqt038xfp}:t:oIvj_AYESbVA9lSn84vjwUl1RKxJilxIOwc1jlSC-qU"},
+		{Key{ChannelID: "1", UserID: "用户 {1}:x", Role: "guest"},
+			"tc:v1:{3cyifcyj56eaz}:t:chat:1:%E7%94%A8%E6%88%B7+%7B1%7D%3Ax:guest:",
+			"tc:v1:{4p0ej8ojvzps}:t:qSRSmZnzY2W0Mf0PqHDUES8Sfj3KDLzq4LA3AZ_J49Q"},
+		{ChannelKey("2094979"),
+			"tc:v1:{2a80tjzs7ftdx}:t:ch:2094979",
+			"tc:v1:{dbd8uv5tl0at}:t:7uHtZEsJEzZ7r6rJz2LcCfOccJrY_plXSrOTpT-XdLo"},
+	} {
+		if got := tt.k.redisKeys("tc:").value; got != tt.clear {
+			t.Errorf("%+v: key %q, want %q", tt.k, got, tt.clear)
+		}
+		if got := c.keysOf(tt.k).value; got != tt.hid {
+			t.Errorf("%+v: hidden key %q, want %q", tt.k, got, tt.hid)
+		}
+	}
+}
+
+func newSealedCacheForKeys(t *testing.T) *Cache {
+	t.Helper()
+	s, err := newSealer([]EncryptionKey{encKey("k1", 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Cache{sealer: s, opts: Options{Prefix: "tc:"}}
+}

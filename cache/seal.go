@@ -92,12 +92,12 @@ func (s *sealer) open(redisKey string, b []byte) ([]byte, error) {
 
 // identity hides a key identity behind a keyed hash: still one name per
 // identity, but no user id in clear.
-func (s *sealer) identity(id string) string {
+func (s *sealer) identity(id []byte) []byte {
 	m := s.idMACs.Get().(hash.Hash)
 	m.Reset()
-	m.Write([]byte(id))
+	m.Write(id)
 	var sum [sha256.Size]byte
-	id = base64.RawURLEncoding.EncodeToString(m.Sum(sum[:0]))
+	hidden := base64.RawURLEncoding.AppendEncode(id[:0], m.Sum(sum[:0]))
 	s.idMACs.Put(m)
-	return id
+	return hidden
 }
