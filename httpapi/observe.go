@@ -48,8 +48,9 @@ func newObserver(log *slog.Logger, mode string, m *requestMetrics) *observer {
 }
 
 func (o *observer) middleware(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
+	return func(ec echo.Context) error {
 		start := time.Now()
+		c := withRequestContext(ec)
 		req, res := c.Request(), c.Response()
 		id := req.Header.Get(requestIDHead)
 		if id == "" {
