@@ -71,7 +71,7 @@ func cacheStatus(r cache.Result) string {
 }
 
 func (s *server) getChatToken(c echo.Context) error {
-	k, err := chatKeyFromQuery(c.Param("channelId"), c.QueryParams())
+	k, err := chatKeyFromQuery(c.Param("channelId"), c.Request().URL.RawQuery)
 	if err != nil {
 		return err
 	}
@@ -106,7 +106,7 @@ func (s *server) getChatToken(c echo.Context) error {
 }
 
 func (s *server) deleteChatToken(c echo.Context) error {
-	k, err := chatKeyFromQuery(c.Param("channelId"), c.QueryParams())
+	k, err := chatKeyFromQuery(c.Param("channelId"), c.Request().URL.RawQuery)
 	if err != nil {
 		return err
 	}
@@ -141,7 +141,7 @@ func (s *server) getChannelToken(c echo.Context) error {
 	if err := validateChannelID(channelID); err != nil {
 		return err
 	}
-	if err := onlyParams(c.QueryParams()); err != nil {
+	if err := readQuery(c.Request().URL.RawQuery); err != nil {
 		return err
 	}
 	if err := checkChannel(c, channelID); err != nil {

@@ -15,6 +15,10 @@ func TestTighterInput(t *testing.T) {
 		name, target, body, field, message string
 	}{
 		{"typo in origin", "/v1/channels/1/chat-token?userId=u&role=viewer&orign=web", "", "orign", "unknown query parameter"},
+		{"repeated parameter", "/v1/channels/1/chat-token?userId=u&role=viewer&role=admin", "", "role", "given once"},
+		{"bad escape", "/v1/channels/1/chat-token?userId=u&role=viewer&origin=%zz", "", "origin", "invalid escape"},
+		{"semicolon", "/v1/channels/1/chat-token?userId=u&role=viewer;origin=web", "", "query", "not ';'"},
+		{"parameter on the old route", "/v1/channels/1/token?x=1", "", "x", "unknown query parameter"},
 		{"blank userId", "/v1/channels/1/chat-token?userId=%20%20&role=viewer", "", "userId", "not white space"},
 		{"zero-width space", "/v1/channels/1/chat-token?userId=a%E2%80%8Bb&role=viewer", "", "userId", "format characters"},
 		{"bidi override", "/v1/channels/1/chat-token?userId=%E2%80%AEabc&role=viewer", "", "userId", "format characters"},
