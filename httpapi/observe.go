@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"log/slog"
+	"maps"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -94,8 +95,14 @@ func (o *observer) logs(status int, latency time.Duration) bool {
 type requestMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
-	counters sync.Map // "route status key" -> prometheus.Counter
-	timers   sync.Map // route -> prometheus.Observer
+	counters bound[counterLabels, prometheus.Counter]
+	timers   bound[string, prometheus.Observer] // by route
+}
+
+type counterLabels struct {
+	route  string
+	status int
+	key    string
 }
 
 func newRequestMetrics(reg prometheus.Registerer) *requestMetrics {
@@ -113,15 +120,39 @@ func newRequestMetrics(reg prometheus.Registerer) *requestMetrics {
 }
 
 func (m *requestMetrics) observe(route string, status int, key string, latency time.Duration) {
-	id := route + " " + strconv.Itoa(status) + " " + key
-	c, ok := m.counters.Load(id)
-	if !ok {
-		c, _ = m.counters.LoadOrStore(id, m.requests.WithLabelValues(route, strconv.Itoa(status), key))
+	m.counters.get(counterLabels{route, status, key}, func(l counterLabels) prometheus.Counter {
+		return m.requests.WithLabelValues(l.route, strconv.Itoa(l.status), l.key)
+	}).Inc()
+	m.timers.get(route, func(route string) prometheus.Observer {
+		return m.duration.WithLabelValues(route)
+	}).Observe(latency.Seconds())
+}
+
+// bound keeps values made once per key. Reads load an immutable map and
+// allocate nothing; a new key copies it, which is rare here: the label
+// sets are routes × statuses × key names.
+type bound[K comparable, V any] struct {
+	mu sync.Mutex
+	m  atomic.Pointer[map[K]V]
+}
+
+func (b *bound[K, V]) get(k K, newV func(K) V) V {
+	if m := b.m.Load(); m != nil {
+		if v, ok := (*m)[k]; ok {
+			return v
+		}
 	}
-	c.(prometheus.Counter).Inc()
-	t, ok := m.timers.Load(route)
-	if !ok {
-		t, _ = m.timers.LoadOrStore(route, m.duration.WithLabelValues(route))
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	next := map[K]V{}
+	if m := b.m.Load(); m != nil {
+		if v, ok := (*m)[k]; ok {
+			return v
+		}
+		maps.Copy(next, *m)
 	}
-	t.(prometheus.Observer).Observe(latency.Seconds())
+	v := newV(k)
+	next[k] = v
+	b.m.Store(&next)
+	return v
 }
