@@ -55,7 +55,8 @@ func (o *observer) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 		req, res := c.Request(), c.Response()
 		id := req.Header.Get(requestIDHead)
 		if id == "" {
-			id = o.idPrefix + strconv.FormatUint(o.idSeq.Add(1), 36)
+			var buf [32]byte
+			id = string(strconv.AppendUint(append(buf[:0], o.idPrefix...), o.idSeq.Add(1), 36))
 		}
 		res.Header().Set(requestIDHead, id)
 		if err := next(c); err != nil {

@@ -125,7 +125,6 @@ func New(opts Options) *echo.Echo {
 		middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true, LogErrorFunc: func(c echo.Context, err error, _ []byte) error {
 			return err
 		}}),
-		middleware.BodyLimit(formatBytes(opts.MaxBodyBytes)),
 	)
 	if !opts.AdminElsewhere {
 		s.adminRoutes(e)
@@ -136,7 +135,8 @@ func New(opts Options) *echo.Echo {
 	// answers a wrong method with 404 instead of 405.
 	e.GET("/v1/channels/:channelId/chat-token", s.getChatToken, s.auth(RouteGet))
 	e.DELETE("/v1/channels/:channelId/chat-token", s.deleteChatToken, s.auth(RouteDelete))
-	e.POST("/v1/channels/:channelId/chat-tokens", s.bulkChatTokens, s.auth(RouteBulk))
+	// Only the bulk route reads a body.
+	e.POST("/v1/channels/:channelId/chat-tokens", s.bulkChatTokens, s.auth(RouteBulk), middleware.BodyLimit(formatBytes(opts.MaxBodyBytes)))
 	e.GET("/v1/channels/:channelId/token", s.getChannelToken, s.auth(RouteLegacy))
 	return e
 }
