@@ -141,7 +141,7 @@ func (s *server) getChannelToken(c echo.Context) error {
 	if err := validateChannelID(channelID); err != nil {
 		return err
 	}
-	if err := readQuery(c.Request().URL.RawQuery); err != nil {
+	if err := readQuery(c.Request().URL.RawQuery, nil); err != nil {
 		return err
 	}
 	if err := checkChannel(c, channelID); err != nil {

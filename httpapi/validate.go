@@ -84,20 +84,17 @@ func hasControl(s string) bool {
 	return false
 }
 
-// param is a query parameter a route takes, and where its value goes.
-type param struct {
-	name string
-	dst  *string
-}
+// chatParams are the query parameters of the chat-token routes.
+var chatParams = []string{"userId", "role", "origin"}
 
-// readQuery reads a raw query into params, each given at most once. It
-// refuses, naming the parameter, any other parameter (a typo such as
-// orign=web must not quietly issue a token without an origin), a repeated
-// one, a bad escape and a ';' separator, all of which url.ParseQuery would
-// drop in silence. It builds no url.Values: a plain query costs no
-// allocation.
-func readQuery(raw string, params ...param) error {
-	seen := 0 // bit i: params[i] was given
+// readQuery reads a raw query's parameters named in names into the dst of
+// the same index, each given at most once. It refuses, naming the
+// parameter, any other parameter (a typo such as orign=web must not quietly
+// issue a token without an origin), a repeated one, a bad escape and a ';'
+// separator, all of which url.ParseQuery would drop in silence. It builds no
+// url.Values: a plain query costs no allocation.
+func readQuery(raw string, names []string, dst ...*string) error {
+	seen := 0 // bit i: names[i] was given
 	for raw != "" {
 		var pair string
 		pair, raw, _ = strings.Cut(raw, "&")
@@ -112,38 +109,30 @@ func readQuery(raw string, params ...param) error {
 		if err != nil {
 			return invalid("query", "the query has an invalid escape in a parameter name")
 		}
-		i := slices.IndexFunc(params, func(p param) bool { return p.name == name })
+		i := slices.Index(names, name)
 		switch {
 		case i < 0:
-			return unknownParam(name, params)
+			msg := fmt.Sprintf("unknown query parameter %q", capped(name))
+			if len(names) > 0 {
+				msg += "; the parameters are " + strings.Join(names, ", ")
+			}
+			return invalid(capped(name), msg)
 		case seen&(1<<i) != 0:
 			return invalid(name, name+" must be given once")
 		}
 		seen |= 1 << i
-		if *params[i].dst, err = url.QueryUnescape(value); err != nil {
+		if *dst[i], err = url.QueryUnescape(value); err != nil {
 			return invalid(name, name+" has an invalid escape")
 		}
 	}
 	return nil
 }
 
-func unknownParam(name string, known []param) error {
-	msg := fmt.Sprintf("unknown query parameter %q", capped(name))
-	if len(known) > 0 {
-		names := make([]string, len(known))
-		for i, p := range known {
-			names[i] = p.name
-		}
-		msg += "; the parameters are " + strings.Join(names, ", ")
-	}
-	return invalid(capped(name), msg)
-}
-
 // chatKeyFromQuery reads and validates channelId from the path and
 // userId, role and origin from the query: the key of the token asked for.
 func chatKeyFromQuery(channelID, rawQuery string) (cache.Key, error) {
 	k := cache.Key{ChannelID: channelID}
-	if err := readQuery(rawQuery, param{"userId", &k.UserID}, param{"role", &k.Role}, param{"origin", &k.Origin}); err != nil {
+	if err := readQuery(rawQuery, chatParams, &k.UserID, &k.Role, &k.Origin); err != nil {
 		return cache.Key{}, err
 	}
 	return k, validateChat(k)
