@@ -132,12 +132,13 @@ func New(opts Options) *echo.Echo {
 	e.GET("/openapi.yaml", func(c echo.Context) error { return c.Blob(http.StatusOK, "application/yaml", OpenAPISpec) })
 
 	// Routes, not a group, carry the auth: an echo group with middleware
-	// answers a wrong method with 404 instead of 405.
-	e.GET("/v1/channels/:channelId/chat-token", s.getChatToken, s.auth(RouteGet))
-	e.DELETE("/v1/channels/:channelId/chat-token", s.deleteChatToken, s.auth(RouteDelete))
-	// Only the bulk route reads a body.
-	e.POST("/v1/channels/:channelId/chat-tokens", s.bulkChatTokens, s.auth(RouteBulk), middleware.BodyLimit(formatBytes(opts.MaxBodyBytes)))
-	e.GET("/v1/channels/:channelId/token", s.getChannelToken, s.auth(RouteLegacy))
+	// answers a wrong method with 404 instead of 405. Each route's
+	// middleware is applied here, once: given to echo, it would be applied
+	// again on every request. Only the bulk route reads a body.
+	e.GET("/v1/channels/:channelId/chat-token", wrap(s.getChatToken, s.auth(RouteGet)))
+	e.DELETE("/v1/channels/:channelId/chat-token", wrap(s.deleteChatToken, s.auth(RouteDelete)))
+	e.POST("/v1/channels/:channelId/chat-tokens", wrap(s.bulkChatTokens, s.auth(RouteBulk), middleware.BodyLimit(formatBytes(opts.MaxBodyBytes))))
+	e.GET("/v1/channels/:channelId/token", wrap(s.getChannelToken, s.auth(RouteLegacy)))
 	return e
 }
 
@@ -150,6 +151,15 @@ func NewAdmin(opts Options) *echo.Echo {
 	e.Use(middleware.Recover())
 	s.adminRoutes(e)
 	return e
+}
+
+// wrap puts h behind mw, the first outermost, as echo orders a route's
+// middleware.
+func wrap(h echo.HandlerFunc, mw ...echo.MiddlewareFunc) echo.HandlerFunc {
+	for i := len(mw) - 1; i >= 0; i-- {
+		h = mw[i](h)
+	}
+	return h
 }
 
 func newEcho(opts Options) *echo.Echo {
