@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
-	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/maypok86/otter/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 	"golang.org/x/sync/singleflight"
@@ -193,11 +193,11 @@ type Cache struct {
 	metrics  *Metrics
 	id       string // tells this instance's pub/sub messages from others'
 
-	sealer      *sealer                   // nil when encryption is off
-	gets        *getBatcher               // the hit path's GETs, pipelined
-	local       *lru.Cache[string, entry] // nil when off
+	sealer      *sealer                     // nil when encryption is off
+	gets        *getBatcher                 // the hit path's GETs, pipelined
+	local       *otter.Cache[string, entry] // nil when off
 	localGens   generations
-	refreshGate *lru.Cache[string, refreshState]
+	refreshGate *otter.Cache[string, refreshState]
 	group       singleflight.Group
 
 	fleetLimiter *redis_rate.Limiter
@@ -247,9 +247,10 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 		return nil, err
 	}
 	if opts.LocalSize > 0 {
-		c.local, _ = lru.New[string, entry](opts.LocalSize) // errors only for size <= 0
+		// otter: reads take no lock, unlike an LRU, which reorders its list on every hit.
+		c.local = otter.Must(&otter.Options[string, entry]{MaximumSize: opts.LocalSize})
 	}
-	c.refreshGate, _ = lru.New[string, refreshState](10000)
+	c.refreshGate = otter.Must(&otter.Options[string, refreshState]{MaximumSize: 10000})
 	c.gets = &getBatcher{rdb: rdb, timeout: 2 * time.Second}
 	c.breaker = newBreaker(opts, c.metrics)
 	rdb.AddHook(breakerHook{cb: c.breaker, metrics: c.metrics})

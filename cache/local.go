@@ -28,12 +28,12 @@ func (c *Cache) localGet(key string) (entry, bool) {
 	if c.local == nil {
 		return entry{}, false
 	}
-	e, ok := c.local.Get(key)
+	e, ok := c.local.GetIfPresent(key)
 	if !ok {
 		return entry{}, false
 	}
 	if !c.opts.Now().Before(e.Until) {
-		c.local.Remove(key)
+		c.local.Invalidate(key)
 		return entry{}, false
 	}
 	return e, true
@@ -50,9 +50,9 @@ func (c *Cache) localSetIf(key string, e entry, gen uint64) {
 	if c.local == nil {
 		return
 	}
-	c.local.Add(key, e)
+	c.local.Set(key, e)
 	if c.localGens.of(key) != gen {
-		c.local.Remove(key)
+		c.local.Invalidate(key)
 	}
 }
 
@@ -60,7 +60,7 @@ func (c *Cache) localSetIf(key string, e entry, gen uint64) {
 func (c *Cache) dropLocal(key string) {
 	c.localGens.bump(key)
 	if c.local != nil {
-		c.local.Remove(key)
+		c.local.Invalidate(key)
 	}
 }
 
@@ -69,6 +69,6 @@ func (c *Cache) dropLocal(key string) {
 func (c *Cache) dropAllLocal() {
 	c.localGens.all.Add(1)
 	if c.local != nil {
-		c.local.Purge()
+		c.local.InvalidateAll()
 	}
 }

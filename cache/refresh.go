@@ -36,12 +36,12 @@ func (c *Cache) backoff(failures int) time.Duration {
 // lately. seen is the issue time of the stale token the caller was served.
 func (c *Cache) startRefresh(k Key, keys redisKeys, seen time.Time) {
 	now := time.Now()
-	state, _ := c.refreshGate.Get(keys.value)
+	state, _ := c.refreshGate.GetIfPresent(keys.value)
 	if now.Before(state.next) {
 		return
 	}
 	state.next = now.Add(refreshGateFor)
-	c.refreshGate.Add(keys.value, state)
+	c.refreshGate.Set(keys.value, state)
 	c.bg.Add(1)
 	go func() {
 		defer c.bg.Done()
@@ -62,7 +62,7 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 
 	owner := randomID()
 	gen := c.localGen(keys.value)
-	gate, _ := c.refreshGate.Get(keys.value)
+	gate, _ := c.refreshGate.GetIfPresent(keys.value)
 	failures := gate.failures
 	fleet := c.redisUsable()
 	if fleet {
@@ -72,7 +72,7 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 		}
 		if err == nil && stored.Token != nil && stored.Token.IssuedAt.After(seen) {
 			c.releaseLease(ctx, keys, owner)
-			c.refreshGate.Remove(keys.value)
+			c.refreshGate.Invalidate(keys.value)
 			c.localSetIf(keys.value, stored, gen)
 			return // another instance refreshed it already
 		}
@@ -89,14 +89,14 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 		c.metrics.refreshes.WithLabelValues("failed").Inc()
 		failures++
 		wait := c.backoff(failures)
-		c.refreshGate.Add(keys.value, refreshState{next: time.Now().Add(wait), failures: failures})
+		c.refreshGate.Set(keys.value, refreshState{next: time.Now().Add(wait), failures: failures})
 		if fleet {
 			c.backOff(ctx, keys, owner, failures, wait)
 		}
 		return
 	}
 	c.metrics.refreshes.WithLabelValues("ok").Inc()
-	c.refreshGate.Remove(keys.value)
+	c.refreshGate.Invalidate(keys.value)
 	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}
 	if !fleet {
 		c.localSetIf(keys.value, e, gen)
