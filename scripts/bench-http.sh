@@ -23,6 +23,7 @@ USERS=100
 
 work=$(mktemp -d)
 pids=()
+declare -A pid_of # port -> the server process listening there
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
@@ -43,7 +44,7 @@ start_tc() { # name port sim-port extra-env...
   local name=$1 p=$2 sp=$3; shift 3
   env TOKENCACHE_ADDR="127.0.0.1:$p" POLYV_APP_ID=sim-app POLYV_APP_SECRET=sim-secret \
     POLYV_BASE_URL="http://127.0.0.1:$sp" REDIS_URL="redis://127.0.0.1:$rp" TOKENCACHE_API_KEYS=bench \
-    POLYV_RATE_LIMIT=100000 "$@" "$bin/tokencache" >/dev/null 2>"$work/$name.log" & pids+=($!)
+    POLYV_RATE_LIMIT=100000 "$@" "$bin/tokencache" >/dev/null 2>"$work/$name.log" & pids+=($!); pid_of[$p]=$!
   wait_http "http://127.0.0.1:$p/healthz"
 }
 pb=$(port); start_tc hit_local "$pb" "$fast"
@@ -52,7 +53,7 @@ pd=$(port); start_tc miss "$pd" "$slow" TOKENCACHE_KEY_PREFIX=miss:
 
 start_peer() { # name port sim-port redis-db extra-flags...
   local name=$1 p=$2 sp=$3 db=$4; shift 4
-  "$bin/peer" -addr "127.0.0.1:$p" -redis "redis://127.0.0.1:$rp/$db" -polyv "http://127.0.0.1:$sp" "$@" 2>"$work/$name.log" & pids+=($!)
+  "$bin/peer" -addr "127.0.0.1:$p" -redis "redis://127.0.0.1:$rp/$db" -polyv "http://127.0.0.1:$sp" "$@" 2>"$work/$name.log" & pids+=($!); pid_of[$p]=$!
   wait_http "http://127.0.0.1:$p/healthz"
 }
 qa=$(port); start_peer peer_local "$qa" "$fast" 1
@@ -67,13 +68,13 @@ curl -fsS -H 'Authorization: Bearer bench' \
   "http://127.0.0.1:$pb/v1/channels/load-0/chat-token?userId=user-0&role=$(head -1 "$work/pool.jsonl" | sed 's/.*"role":"\([a-z]*\)".*/\1/')&origin=web" \
   >"$work/body.json" || true
 [ -s "$work/body.json" ] || head -1 "$work/pool.jsonl" >"$work/body.json"
-pa=$(port); "$bin/tokenload" baseline -addr "127.0.0.1:$pa" -body-file "$work/body.json" 2>"$work/baseline.log" & pids+=($!)
+pa=$(port); "$bin/tokenload" baseline -addr "127.0.0.1:$pa" -body-file "$work/body.json" 2>"$work/baseline.log" & pids+=($!); pid_of[$pa]=$!
 wait_http "http://127.0.0.1:$pa/healthz"
 
 attack() { # name round port extra-args...
   local name=$1 round=$2 p=$3; shift 3
   echo "round $round: attack $name ($DURATION, $WORKERS concurrent)..." >&2
-  "$bin/tokenload" attack -quiet -json -name "$name" -target "http://127.0.0.1:$p" -key bench \
+  "$bin/tokenload" attack -quiet -json -name "$name" -target "http://127.0.0.1:$p" -key bench -server-pid "${pid_of[$p]}" \
     -rate 0 -workers "$WORKERS" -max-workers "$WORKERS" -duration "$DURATION" \
     -channels $CHANNELS -users $USERS -popularity uniform "$@" >"$work/$name.$round.json"
 }
@@ -130,7 +131,8 @@ over loopback, against one server process, $ROUNDS times in turn; the load gener
 server, the same for every row. A row's ratio is the median of its rounds' ratios to the ceiling's round; its
 throughput is the median round's, its latencies the median round's. Hit runs read $((CHANNELS * USERS)) tokens warmed beforehand; the miss runs ask for a new user every
 time, from a simulator answering after $SIM_LATENCY. "vs ceiling" is throughput divided by the ceiling's, measured in
-the same run. \`peer_*\` is bench/peer, the go-redis/cache service (echo + \`cache.Once\`, TinyLFU local cache or
+the same run. "server CPU/request" is the CPU time the server process used per request (from /proc), and "CPU vs
+ceiling" the ceiling's divided by it: the server's own cost, whatever the load generator beside it costs. \`peer_*\` is bench/peer, the go-redis/cache service (echo + \`cache.Once\`, TinyLFU local cache or
 Redis only, no logging, metrics or auth). \`fleet_*\` is 300 concurrent requests for one new key spread over 3
 instances of each service on one Redis, for 1 s; "Polyv calls" is what that cost at the simulator.
 

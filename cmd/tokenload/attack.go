@@ -52,10 +52,12 @@ type attackReport struct {
 	DistinctKeys int            `json:"distinctKeys"`
 	// The answers fetched from Polyv during the run, by why: viewers the run
 	// made up (-miss-ratio), and known viewers whose token was not cached.
-	MissesNew   int64    `json:"missesNewIdentities"`
-	MissesKnown int64    `json:"missesKnownIdentities"`
-	Seed        uint64   `json:"seed"`
-	Failed      []string `json:"failedChecks,omitempty"`
+	MissesNew   int64 `json:"missesNewIdentities"`
+	MissesKnown int64 `json:"missesKnownIdentities"`
+	// The CPU time the -server-pid process used per request, in µs.
+	ServerCPUPerRequest *float64 `json:"serverCPUPerRequestUs,omitempty"`
+	Seed                uint64   `json:"seed"`
+	Failed              []string `json:"failedChecks,omitempty"`
 }
 
 func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -82,6 +84,7 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	output := fs.String("output", "", "write the results in vegeta's binary format, for `vegeta report` and `vegeta plot`")
 	name := fs.String("name", "tokenload", "attack name in the results")
 	quiet := fs.Bool("quiet", false, "no live progress line")
+	serverPID := fs.Int("server-pid", 0, "a local process, such as the server under test, whose CPU time per request to report (Linux)")
 	if err := cli.Parse(fs, args, stdout, ""); err != nil {
 		return err
 	}
@@ -155,6 +158,12 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		n := done.Load()
 		return fmt.Sprintf("attack %5.1fs  requests %d  rate %.0f/s  non-2xx %d", elapsed.Seconds(), n, float64(n)/elapsed.Seconds(), failed.Load())
 	})
+	var cpuBefore time.Duration
+	if *serverPID != 0 {
+		if cpuBefore, err = processCPU(*serverPID); err != nil {
+			return fmt.Errorf("-server-pid: %w", err)
+		}
+	}
 	transportEg := map[string]bool{}
 	for res := range attacker.Attack(vegeta.Targeter(targeter), vegeta.Rate{Freq: *rate, Per: time.Second}, *duration, *name) {
 		metrics.Add(res)
@@ -174,6 +183,15 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	stopProgress()
 	metrics.Close()
+	var serverCPU *float64
+	if *serverPID != 0 && metrics.Requests > 0 {
+		after, err := processCPU(*serverPID)
+		if err != nil {
+			return fmt.Errorf("-server-pid after the attack: %w", err)
+		}
+		perRequest := float64((after - cpuBefore).Microseconds()) / float64(metrics.Requests)
+		serverCPU = &perRequest
+	}
 
 	rep := attackReport{
 		Name: *name, Requests: metrics.Requests, Duration: metrics.Duration.Round(time.Millisecond).String(),
@@ -183,7 +201,7 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		LatencyP50Ms: ms(metrics.Latencies.P50), LatencyP99Ms: ms(metrics.Latencies.P99),
 		StatusCodes: metrics.StatusCodes, CacheStatus: chk.cacheStatus, ErrorCodes: chk.errorCodes,
 		Transport: chk.transport, EmptyTokens: chk.empty, OffTable: chk.offTable, OffTableEg: chk.offTableEg,
-		DistinctKeys: len(chk.tokens), Seed: *seed,
+		DistinctKeys: len(chk.tokens), ServerCPUPerRequest: serverCPU, Seed: *seed,
 	}
 	rep.MissesNew = wl.fresh.Load()
 	fetched := int64(chk.cacheStatus["fwd=miss; stored"] + chk.cacheStatus["fwd=miss; collapsed"])

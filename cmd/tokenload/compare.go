@@ -16,7 +16,8 @@ import (
 )
 
 // compareCmd prints attack reports side by side, with each one's throughput
-// as a ratio of the first (the baseline) measured in the same run. A label
+// as a ratio of the first (the baseline) measured in the same run, and the
+// server's CPU time per request where the attack measured it (-server-pid). A label
 // may name several rounds (label=a.json,b.json): its ratio is the median of
 // each round's ratio to the baseline's round of the same number, so that a
 // machine whose speed drifts during the run skews no row.
@@ -67,10 +68,12 @@ func compareCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	row := func(cells ...string) { fmt.Fprintln(tw, start+strings.Join(cells, sep)+end) }
-	row("run", "rounds", "requests", "throughput/s", "vs "+labels[0], "p50", "p90", "p99", "max", "non-200", "Polyv calls")
+	row("run", "rounds", "requests", "throughput/s", "vs "+labels[0], "server CPU/request", "CPU vs "+labels[0],
+		"p50", "p90", "p99", "max", "non-200", "Polyv calls")
 	if *markdown {
-		row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
+		row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
 	}
+	baseCPU := serverCPU(runs[0])
 	for i, rounds := range runs {
 		var requests uint64
 		var non200 int
@@ -101,9 +104,16 @@ func compareCmd(args []string, stdout, stderr io.Writer) error {
 		if calls != nil {
 			callCell = fmt.Sprint(*calls)
 		}
+		cpuCell, cpuRatio := "-", "-"
+		if cpu := serverCPU(rounds); cpu > 0 {
+			cpuCell = fmt.Sprintf("%.1f µs", cpu)
+			if baseCPU > 0 {
+				cpuRatio = fmt.Sprintf("%.2f", baseCPU/cpu)
+			}
+		}
 		typical := medianRound(rounds) // latencies are the median round's
 		row(labels[i], fmt.Sprint(len(rounds)), fmt.Sprint(requests), fmt.Sprintf("%.0f", median(throughputs)), ratio,
-			typical.LatencyP50, typical.LatencyP90, typical.LatencyP99, typical.LatencyMax, fmt.Sprint(non200), callCell)
+			cpuCell, cpuRatio, typical.LatencyP50, typical.LatencyP90, typical.LatencyP99, typical.LatencyMax, fmt.Sprint(non200), callCell)
 	}
 	tw.Flush()
 	for _, name := range missNames {
@@ -118,6 +128,21 @@ func compareCmd(args []string, stdout, stderr io.Writer) error {
 			name, p50, sim, p50-sim)
 	}
 	return nil
+}
+
+// serverCPU is the median over rounds of the server's CPU time per request,
+// in µs; 0 when the rounds did not measure it.
+func serverCPU(rounds []attackReport) float64 {
+	var cpus []float64
+	for _, r := range rounds {
+		if r.ServerCPUPerRequest != nil {
+			cpus = append(cpus, *r.ServerCPUPerRequest)
+		}
+	}
+	if len(cpus) == 0 {
+		return 0
+	}
+	return median(cpus)
 }
 
 // median of xs (not empty); the mean of the middle two for an even count.

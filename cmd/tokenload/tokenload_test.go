@@ -176,7 +176,8 @@ func TestAttackReport(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "results.bin")
 	var stdout, stderr bytes.Buffer
 	err := attackCmd(context.Background(), []string{"-target", api, "-key", "k", "-rate", "200", "-duration", "1s",
-		"-channels", "2", "-users", "20", "-miss-ratio", "0.2", "-stats", sim, "-json", "-quiet", "-output", out}, &stdout, &stderr)
+		"-channels", "2", "-users", "20", "-miss-ratio", "0.2", "-stats", sim, "-json", "-quiet", "-output", out,
+		"-server-pid", fmt.Sprint(os.Getpid())}, &stdout, &stderr) // the service runs in this process
 	if err != nil {
 		t.Fatalf("attack: %v\n%s", err, stderr.String())
 	}
@@ -195,6 +196,9 @@ func TestAttackReport(t *testing.T) {
 	}
 	if r.Seed == 0 {
 		t.Error("the report does not give the seed")
+	}
+	if r.ServerCPUPerRequest == nil || *r.ServerCPUPerRequest <= 0 {
+		t.Errorf("server CPU per request = %v, want the CPU this process spent serving", r.ServerCPUPerRequest)
 	}
 	// Every fetch is explained: a made-up viewer, or a known one not warmed.
 	fetched := int64(r.CacheStatus["fwd=miss; stored"] + r.CacheStatus["fwd=miss; collapsed"])
@@ -300,6 +304,14 @@ func TestParseIdentitiesCSVHeader(t *testing.T) {
 	}
 }
 
+func us(v float64) *float64 { return &v }
+
+func TestProcessCPUMissingProcess(t *testing.T) {
+	if _, err := processCPU(-1); err == nil {
+		t.Error("processCPU(-1) read a CPU time")
+	}
+}
+
 func TestCompare(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name string, r attackReport) string {
@@ -341,13 +353,15 @@ func TestCompare(t *testing.T) {
 	}
 	out.Reset()
 	err := run(context.Background(), []string{"compare", "-markdown", "-miss", "m", "-sim-latency", "100ms",
-		rounds("ceiling", attackReport{Throughput: 100}, attackReport{Throughput: 50}, attackReport{Throughput: 100}),
-		rounds("hit", attackReport{Throughput: 90, LatencyP50: "1ms"}, attackReport{Throughput: 46, LatencyP50: "2ms"}, attackReport{Throughput: 80, LatencyP50: "3ms"}),
+		rounds("ceiling", attackReport{Throughput: 100, ServerCPUPerRequest: us(30)}, attackReport{Throughput: 50, ServerCPUPerRequest: us(60)},
+			attackReport{Throughput: 100, ServerCPUPerRequest: us(30)}),
+		rounds("hit", attackReport{Throughput: 90, LatencyP50: "1ms", ServerCPUPerRequest: us(40)}, attackReport{Throughput: 46, LatencyP50: "2ms", ServerCPUPerRequest: us(90)},
+			attackReport{Throughput: 80, LatencyP50: "3ms", ServerCPUPerRequest: us(36)}),
 		rounds("m", attackReport{LatencyP50Ms: 103}, attackReport{LatencyP50Ms: 109}, attackReport{LatencyP50Ms: 104})}, &out, &out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"| hit | 3 | 0 | 80 | 0.90 | 3ms |", "m overhead: median miss latency 104.0 ms - simulator latency 100 ms = 4.0 ms"} {
+	for _, want := range []string{"| hit | 3 | 0 | 80 | 0.90 | 40.0 µs | 0.75 | 3ms |", "| m | 3 | 0 | 0 | 0.00 | - | - |", "m overhead: median miss latency 104.0 ms - simulator latency 100 ms = 4.0 ms"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("compare output lacks %q:\n%s", want, out.String())
 		}
