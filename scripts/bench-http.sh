@@ -5,6 +5,8 @@
 #   hit_local  tokencache, local cache on
 #   hit_redis  tokencache, local cache off: every hit is a Redis GET
 #   miss       tokencache, every request a new user, simulator at 100 ms
+#   miss_paced the same at a steady 200 requests/s (open loop) instead of
+#              32 workers that all send again the moment their answers land
 #   peer_*     the same three runs against bench/peer: echo + go-redis/cache
 #              Once, with its TinyLFU local cache (peer_local) or Redis only
 #   fleet_*    a stampede of one new key over 3 instances of each service,
@@ -18,6 +20,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
 WORKERS=${WORKERS:-32}
 SIM_LATENCY=${SIM_LATENCY:-100ms}
+PACED_RATE=${PACED_RATE:-200}
 CHANNELS=10
 USERS=100
 
@@ -92,9 +95,11 @@ for round in $(seq "$ROUNDS"); do
   attack hit_local "$round" "$pb"
   attack hit_redis "$round" "$pc"
   attack miss "$round" "$pd" -miss-ratio 1
+  attack miss_paced "$round" "$pd" -miss-ratio 1 -rate "$PACED_RATE" -max-workers 1000
   attack peer_local "$round" "$qa"
   attack peer_redis "$round" "$qb"
   attack peer_miss "$round" "$qc" -miss-ratio 1
+  attack peer_miss_paced "$round" "$qc" -miss-ratio 1 -rate "$PACED_RATE" -max-workers 1000
 done
 
 # The fleets, started only now so that they idle through no other run: 3
@@ -115,8 +120,8 @@ stampede() { # name targets
 stampede fleet_tokencache "$(IFS=,; echo "${tc_fleet[*]}")"
 stampede fleet_peer "$(IFS=,; echo "${peer_fleet[*]}")"
 
-runs=(ceiling hit_local hit_redis miss peer_local peer_redis peer_miss fleet_tokencache fleet_peer)
-table=$("$bin/tokenload" compare -markdown -miss miss,peer_miss -sim-latency "$SIM_LATENCY" \
+runs=(ceiling hit_local hit_redis miss miss_paced peer_local peer_redis peer_miss peer_miss_paced fleet_tokencache fleet_peer)
+table=$("$bin/tokenload" compare -markdown -miss miss,miss_paced,peer_miss,peer_miss_paced -sim-latency "$SIM_LATENCY" \
   $(for r in "${runs[@]}"; do echo "$r=$(ls "$work/$r".*.json | paste -sd,)"; done))
 echo "$table"
 
@@ -130,7 +135,8 @@ redis-server $(redis-server --version | cut -d' ' -f3 | sed 's/v=//'). Every run
 over loopback, against one server process, $ROUNDS times in turn; the load generator shares the machine's cores with the
 server, the same for every row. A row's ratio is the median of its rounds' ratios to the ceiling's round; its
 throughput is the median round's, its latencies the median round's. Hit runs read $((CHANNELS * USERS)) tokens warmed beforehand; the miss runs ask for a new user every
-time, from a simulator answering after $SIM_LATENCY. "vs ceiling" is throughput divided by the ceiling's, measured in
+time, from a simulator answering after $SIM_LATENCY: \`miss\` from $WORKERS workers that each send again as soon as answered,
+so that they move in waves, \`miss_paced\` at a steady $PACED_RATE requests/s. "vs ceiling" is throughput divided by the ceiling's, measured in
 the same run. "server CPU/request" is the CPU time the server process used per request (from /proc), and "CPU vs
 ceiling" the ceiling's divided by it: the server's own cost, whatever the load generator beside it costs. \`peer_*\` is bench/peer, the go-redis/cache service (echo + \`cache.Once\`, TinyLFU local cache or
 Redis only, no logging, metrics or auth). \`fleet_*\` is 300 concurrent requests for one new key spread over 3
