@@ -11,7 +11,8 @@ import (
 // getBatcher merges concurrent GETs into pipelines, as rueidis's automatic
 // pipelining does: while one batch is in flight, new GETs wait together and
 // go out as the next batch, one round trip for all of them. Under little load
-// a batch is a single GET sent at once.
+// a batch is a single GET sent at once. go-redis v9.23's AutoPipeliner does
+// the same, but it is marked experimental and holds goroutines of its own.
 type getBatcher struct {
 	rdb     rediser
 	timeout time.Duration // bounds one batch; each caller also leaves on its own ctx
