@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -28,6 +29,7 @@ type fakeUpstream struct {
 	hang  bool
 	times []time.Time
 	keys  map[string]int
+	order []string // channel ids, in call order
 }
 
 var _ Upstream = (*fakeUpstream)(nil)
@@ -43,6 +45,7 @@ func (f *fakeUpstream) ChatToken(ctx context.Context, req polyv.ChatTokenRequest
 		f.keys = map[string]int{}
 	}
 	f.keys[req.ChannelID+"/"+req.UserID]++
+	f.order = append(f.order, req.ChannelID)
 	f.mu.Unlock()
 	if doPanic {
 		panic("upstream exploded")
@@ -67,6 +70,13 @@ func (f *fakeUpstream) ChatToken(ctx context.Context, req polyv.ChatTokenRequest
 func (f *fakeUpstream) ChannelToken(ctx context.Context, channelID string) (polyv.ChannelToken, error) {
 	t, err := f.ChatToken(ctx, polyv.ChatTokenRequest{ChannelID: channelID})
 	return polyv.ChannelToken{Token: t.Token, MediaChannelKey: t.MediaChannelKey}, err
+}
+
+// callsSince returns the channel ids of the calls after the first n.
+func (f *fakeUpstream) callsSince(n int) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.order[n:])
 }
 
 // clock is a settable clock for token ages.
