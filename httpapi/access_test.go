@@ -163,7 +163,10 @@ func TestAuditTrail(t *testing.T) {
 
 func TestKeysFileProblems(t *testing.T) {
 	for _, tt := range []struct{ name, file, want string }{
-		{"unknown field", "keys:\n  - name: a\n    key: k\n    channel: [\"1\"]\n", "not a keys file"},
+		{"unknown field", "keys:\n  - name: a\n    key: k\n    channel: [\"1\"]\n", `line 4: unknown field "channel" (a key has name`},
+		{"wrong type", "keys:\n  - name: a\n    key: k\n    rate: secret-k1\n", "line 4: expected a whole number, found text"},
+		{"not a list", "keys: 3\n", "line 1: expected the list of keys, found a number"},
+		{"not YAML", "keys: [\n", "not a keys file: yaml:"},
 		{"duplicate name", "keys:\n  - {name: a, key: k1}\n  - {name: a, key: k2}\n", "name is used twice"},
 		{"duplicate key", "keys:\n  - {name: a, key: k1}\n  - {name: b, sha256: " + sha("k1") + "}\n", "same key"},
 		{"bad hash", "keys:\n  - {name: a, sha256: abc}\n", "64 hex digits"},

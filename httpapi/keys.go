@@ -155,7 +155,7 @@ func ParseKeysFile(data []byte) (*KeySet, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("not a keys file: %v", err)
+		return nil, yamlProblems(err)
 	}
 	if len(f.Keys) == 0 {
 		return nil, errors.New("no keys: the file must hold keys: [{name, sha256}, ...]")
@@ -206,6 +206,65 @@ func ParseKeysFile(data []byte) (*KeySet, error) {
 		return nil, errors.New(strings.Join(problems, "\n"))
 	}
 	return ks, nil
+}
+
+var (
+	unknownField = regexp.MustCompile(`field (\S+) not found in type .*`)
+	wrongType    = regexp.MustCompile("cannot unmarshal !!(\\w+)(?: `[^`]*`)? into (.*)")
+	quotedValue  = regexp.MustCompile("`[^`]*`")
+)
+
+// yamlProblems words the YAML decoder's errors one per line, in the file's
+// terms rather than Go's, and without quoting a value: it might be a key.
+func yamlProblems(err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return fmt.Errorf("not a keys file: %s", quotedValue.ReplaceAllString(err.Error(), "a value"))
+	}
+	lines := make([]string, len(te.Errors))
+	for i, e := range te.Errors {
+		e = unknownField.ReplaceAllString(e, `unknown field "$1" (a key has name, sha256, key, channels, roles, routes, rate)`)
+		if m := wrongType.FindStringSubmatchIndex(e); m != nil {
+			found, want := e[m[2]:m[3]], e[m[4]:m[5]]
+			e = e[:m[0]] + fmt.Sprintf("expected %s, found %s", yamlWant(want), yamlTag(found))
+		}
+		lines[i] = "keys file, " + quotedValue.ReplaceAllString(e, "a value")
+	}
+	return errors.New(strings.Join(lines, "\n"))
+}
+
+// yamlWant names the Go type a value was to fill in the file's terms.
+func yamlWant(goType string) string {
+	switch {
+	case goType == "int":
+		return "a whole number"
+	case goType == "string":
+		return "text"
+	case goType == "[]string":
+		return "a list"
+	case strings.HasPrefix(goType, "[]struct"):
+		return "the list of keys"
+	case strings.HasPrefix(goType, "struct"):
+		return "a key: {name, sha256 or key, ...}"
+	default:
+		return "a map holding keys: [...]"
+	}
+}
+
+// yamlTag names a YAML tag in words.
+func yamlTag(tag string) string {
+	switch tag {
+	case "str":
+		return "text"
+	case "int", "float":
+		return "a number"
+	case "seq":
+		return "a list"
+	case "map":
+		return "a map"
+	default:
+		return tag
+	}
 }
 
 // scopeList checks a scope list: absent means no restriction, present must
