@@ -208,13 +208,14 @@ func (c *Cache) leaseFor() time.Duration { return c.opts.LeaseTTL + c.queueWait(
 // instance's rate-limit queue needs to drain, and the next comes when half
 // of it has passed: a holder queued behind many fetches renews a few
 // times, not once per LeaseTTL/3, and a dead holder blocks the others no
-// longer than they would wait for a slot anyway.
+// longer than they would wait for a slot anyway. The first comes after
+// LeaseTTL/2: the lease taken may be shorter than the queue now needs.
 func (c *Cache) renewLease(ctx context.Context, keys redisKeys, owner string) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		next := c.leaseFor() / 2
+		next := c.opts.LeaseTTL / 2
 		for {
 			select {
 			case <-ctx.Done():

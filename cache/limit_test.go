@@ -117,6 +117,34 @@ func TestQueuedFetchesDoNotFloodRedis(t *testing.T) {
 	}
 }
 
+// The same keys asked on every instance while the fetches queue at the rate
+// limit: the holder keeps its lease while it waits for a slot, however much
+// the queue grew since it took the lease, so each key costs one Polyv call.
+func TestQueuedHolderKeepsItsLease(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	const limit, keys = 20, 60
+	up := &fakeUpstream{}
+	opts := testOptions(func(o *Options) { o.RateLimit = limit })
+	var counter commandCounter
+	fleet := make([]*Cache, 3)
+	for i := range fleet {
+		client := ownClient(t, rdb)
+		client.AddHook(&counter)
+		fleet[i] = newCache(t, client, up, opts)
+	}
+	counter.n.Store(0)
+	hammer(3*keys, func(i int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if _, _, err := fleet[i%3].Get(ctx, Key{ChannelID: "c", UserID: fmt.Sprint(i / 3), Role: "viewer"}); err != nil {
+			t.Errorf("Get(): %v", err)
+		}
+	})
+	if got := up.calls.Load(); got != keys {
+		t.Errorf("Polyv calls = %d, want one per key (%d)", got, keys)
+	}
+}
+
 // The shared fetch runs on its own budget: a follower with a long deadline
 // gets its token even when the leader's short deadline ends in the queue.
 func TestFollowerOutlivesTheLeadersDeadline(t *testing.T) {
