@@ -76,8 +76,10 @@ type Options struct {
 	LeaseTTL time.Duration
 	// FillTimeout bounds a shared fetch, whoever waits for it; it defaults to 15s.
 	FillTimeout time.Duration
-	// PollInterval is the mean wait between checks while another instance
-	// fetches, in case its pub/sub wake-up is lost; it defaults to 100ms.
+	// PollInterval is the least wait, and the jitter, between checks while
+	// another instance fetches. A waiter is woken by the fetch's store over
+	// pub/sub, and otherwise checks when the holder's lease would lapse, at
+	// most LeaseTTL apart. It defaults to 100ms.
 	PollInterval time.Duration
 	// RefreshBackoff is how long the fleet waits after a failed refresh
 	// before trying again, doubled after each further failure in a row (up
@@ -252,12 +254,14 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 	}
 	c.refreshGate = otter.Must(&otter.Options[string, refreshState]{MaximumSize: 10000})
 	c.gets = &getBatcher{rdb: rdb, timeout: 2 * time.Second}
-	c.breaker = newBreaker(opts, c.metrics)
+	c.events = newEvents(c.id, c.opts.Prefix+keyVersion+":events", c.dropLocal, c.dropAllLocal)
+	// Waiters for another instance's fetch check Redis rarely; when Redis
+	// fails they are told at once, and fetch on their own.
+	c.breaker = newBreaker(opts, c.metrics, c.events.wakeAll)
 	rdb.AddHook(breakerHook{cb: c.breaker, metrics: c.metrics})
 	c.fleetLimiter = redis_rate.NewLimiter(limiterKeys{rdb})
 
 	c.life, c.stop = context.WithCancel(context.Background())
-	c.events = newEvents(c.id, c.opts.Prefix+keyVersion+":events", c.dropLocal, c.dropAllLocal)
 	c.events.start(c.life, rdb, &c.bg)
 	return c, nil
 }

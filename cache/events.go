@@ -12,7 +12,8 @@ import (
 // events carries "this key changed" across the fleet on one pub/sub channel.
 // A message drops the key from every other instance's local cache and wakes
 // every local waiter for the key. Messages sent while the subscription was
-// down are lost, so each new subscription drops the whole local cache.
+// down are lost, so each new subscription drops the whole local cache and
+// wakes every waiter to check again.
 type events struct {
 	self    string
 	channel string
@@ -57,6 +58,7 @@ func (ev *events) start(ctx context.Context, rdb rediser, bg *sync.WaitGroup) {
 				case *redis.Subscription:
 					if m.Kind == "subscribe" {
 						ev.dropAll()
+						ev.wakeAll()
 					}
 				}
 			}
@@ -92,6 +94,20 @@ func (ev *events) notify(key string) {
 		select {
 		case ch <- struct{}{}:
 		default:
+		}
+	}
+}
+
+// wakeAll wakes every waiter, whatever its key.
+func (ev *events) wakeAll() {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	for _, chans := range ev.waiters {
+		for ch := range chans {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
 		}
 	}
 }

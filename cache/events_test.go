@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/polyv"
 )
 
 // Invalidations published while a subscriber reconnects are lost; the
@@ -109,5 +111,77 @@ func TestUncontendedMissPublishesNothing(t *testing.T) {
 	}
 	if len(msgs) != 1 {
 		t.Errorf("%d pub/sub messages for 20 uncontended misses and a delete, want only the delete's: %v", len(msgs), msgs)
+	}
+}
+
+// A new subscription wakes every waiter, in case the store's wake-up was
+// published while the old one was down: waiters check the lease rarely.
+func TestNewSubscriptionWakesWaiters(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	c := newCache(t, ownClient(t, rdb), &fakeUpstream{}, testOptions(nil))
+	wake, unregister := c.events.wait("any key")
+	defer unregister()
+	if err := rdb.Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-wake:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no wake-up 5s after the subscription was dropped and made again")
+	}
+}
+
+// firstCallHangs is an upstream whose first call never returns; the rest
+// answer at once.
+type firstCallHangs struct {
+	fakeUpstream
+	started atomic.Bool
+}
+
+func (u *firstCallHangs) ChatToken(ctx context.Context, req polyv.ChatTokenRequest) (polyv.ChatToken, error) {
+	if u.started.CompareAndSwap(false, true) {
+		<-ctx.Done()
+		return polyv.ChatToken{}, ctx.Err()
+	}
+	return u.fakeUpstream.ChatToken(ctx, req)
+}
+
+// An instance waiting for another's fetch when Redis dies hears of it from
+// its circuit breaker, and fetches on its own, instead of sleeping until it
+// would next check the lease.
+func TestRedisFailureWakesWaiters(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	up := &firstCallHangs{}
+	o := testOptions(func(o *Options) { o.LeaseTTL = 20 * time.Second })
+	fleet := newFleet(t, rdb, up, 2, &o)
+	ctx := context.Background()
+	go func() { _, _, _ = fleet[0].Get(ctx, viewerKey) }()
+	eventually(t, "the first instance to fetch", func() bool { return up.started.Load() })
+
+	waited := make(chan error, 1)
+	go func() {
+		wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		_, _, err := fleet[1].Get(wctx, viewerKey)
+		waited <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // it found the lease held for 20s
+	srv.Kill()
+	killed := time.Now()
+	// Other requests on the waiting instance open its circuit.
+	for i := range 5 {
+		_, _, _ = fleet[1].Get(ctx, Key{ChannelID: "c", UserID: fmt.Sprint(i), Role: "viewer"})
+	}
+	if got := fleet[1].RedisCircuit(); got != "open" {
+		t.Fatalf("circuit %s after failures, want open", got)
+	}
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Errorf("waiting Get() = %v, want a token fetched without Redis", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the waiter still sleeps %v after Redis died", time.Since(killed).Round(time.Second))
 	}
 }

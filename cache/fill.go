@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"time"
 
 	"github.com/tokencache/tokencache/polyv"
@@ -79,7 +78,7 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, er
 	defer unregister()
 
 	var waitStart time.Time
-	state, e, err := c.acquireUnlessRejected(ctx, k, keys, owner)
+	state, e, held, err := c.acquireUnlessRejected(ctx, k, keys, owner)
 	for {
 		if err != nil {
 			if ctx.Err() != nil {
@@ -105,14 +104,13 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, er
 		if waitStart.IsZero() {
 			waitStart = time.Now()
 		}
-		poll := c.opts.PollInterval/2 + mrand.N(c.opts.PollInterval)
 		select {
 		case <-wake:
-		case <-time.After(poll):
+		case <-time.After(c.leaseCheckAfter(held)):
 		case <-ctx.Done():
 			return fillResult{}, ctx.Err()
 		}
-		state, e, err = c.acquire(ctx, keys, owner)
+		state, e, held, err = c.acquire(ctx, keys, owner)
 	}
 }
 

@@ -21,7 +21,8 @@ func redisFailure(err error) error {
 	return fmt.Errorf("%w: %w", ErrRedisUnavailable, err)
 }
 
-func newBreaker(o Options, m *Metrics) *gobreaker.CircuitBreaker[struct{}] {
+// newBreaker returns the Redis circuit breaker; onOpen runs each time it opens.
+func newBreaker(o Options, m *Metrics, onOpen func()) *gobreaker.CircuitBreaker[struct{}] {
 	return gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        "redis",
 		MaxRequests: 1,
@@ -36,6 +37,9 @@ func newBreaker(o Options, m *Metrics) *gobreaker.CircuitBreaker[struct{}] {
 				m.redisCircuitOpen.Set(0)
 			} else {
 				m.redisCircuitOpen.Set(1)
+			}
+			if to == gobreaker.StateOpen {
+				onOpen()
 			}
 			if o.OnCircuitChange != nil {
 				o.OnCircuitChange(from.String(), to.String())

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	mrand "math/rand/v2"
 	"strconv"
 	"time"
 
@@ -12,24 +13,27 @@ import (
 // hash slot, so they run on Redis Cluster too.
 var (
 	// acquireScript returns {1, value} when the value exists, {2} when
-	// this caller took the fill lease, and {0} when another holds it: then
-	// it marks that someone waits (KEYS[3]), so that the store wakes them.
+	// this caller took the fill lease, and {0, ms} when another holds it for
+	// ms more: then it marks that someone waits (KEYS[3]) for at least that
+	// long plus ARGV[3] ms, so that the store wakes them.
 	acquireScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if v then return {1, v} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
-redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
-return {0}`)
+local held = math.max(redis.call('PTTL', KEYS[2]), 0)
+redis.call('SET', KEYS[3], '1', 'PX', math.max(tonumber(ARGV[2]), held + tonumber(ARGV[3])))
+return {0, held}`)
 
 	// leaseOverScript takes the fill lease over a value the caller could not
-	// use (ARGV[3]), unless the value has changed since: then it returns
+	// use (ARGV[4]), unless the value has changed since: then it returns
 	// {1, value} as acquireScript does.
 	leaseOverScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
-if v and v ~= ARGV[3] then return {1, v} end
+if v and v ~= ARGV[4] then return {1, v} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
-redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
-return {0}`)
+local held = math.max(redis.call('PTTL', KEYS[2]), 0)
+redis.call('SET', KEYS[3], '1', 'PX', math.max(tonumber(ARGV[2]), held + tonumber(ARGV[3])))
+return {0, held}`)
 
 	// refreshLeaseScript takes the lease for a refresh unless the fleet is
 	// backing off (the backoff key lives longer than ARGV[3] ms) or another
@@ -82,21 +86,29 @@ const (
 )
 
 // acquire returns the stored value of keys if there is one that can be
-// trusted, or else tries the fill lease. A value that cannot be trusted
-// counts as absent, and is overwritten by the fetch.
-func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (int, entry, error) {
-	return c.acquireFrom(ctx, keys, owner, acquireScript.Run(ctx, c.rdb, keys.leaseKeys(), owner, c.leaseFor().Milliseconds()))
+// trusted, or else tries the fill lease; when another holds it, held is how
+// long its lease has left. A value that cannot be trusted counts as absent,
+// and is overwritten by the fetch.
+func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (state int, e entry, held time.Duration, err error) {
+	return c.acquireFrom(ctx, keys, owner, acquireScript.Run(ctx, c.rdb, keys.leaseKeys(), c.acquireArgs(owner)...))
+}
+
+// acquireArgs are the lease scripts' arguments: the owner, the lease's
+// length, and how much longer than the holder's lease a waiter's mark lasts,
+// which covers the jitter of its next check (see leaseCheckAfter).
+func (c *Cache) acquireArgs(owner string) []any {
+	return []any{owner, c.leaseFor().Milliseconds(), 2 * c.opts.PollInterval.Milliseconds()}
 }
 
 // acquireUnlessRejected is acquire, with the remembered rejection of k's
 // channel read in the same round trip: a rejected channel gives
 // acquireRejected, and no lease.
-func (c *Cache) acquireUnlessRejected(ctx context.Context, k Key, keys redisKeys, owner string) (int, entry, error) {
+func (c *Cache) acquireUnlessRejected(ctx context.Context, k Key, keys redisKeys, owner string) (state int, e entry, held time.Duration, err error) {
 	rejKey := c.channelRejectionKey(k)
 	gen := c.localGen(rejKey)
 	pipe := c.rdb.Pipeline()
 	rej := pipe.Get(ctx, rejKey)
-	acq := acquireScript.EvalSha(ctx, pipe, keys.leaseKeys(), owner, c.leaseFor().Milliseconds())
+	acq := acquireScript.EvalSha(ctx, pipe, keys.leaseKeys(), c.acquireArgs(owner)...)
 	_, _ = pipe.Exec(ctx) // each command's error is read below
 	if raw, err := rej.Bytes(); err == nil {
 		if e, ok := c.decodeLive(rejKey, raw); ok && e.Rejected != nil {
@@ -104,7 +116,7 @@ func (c *Cache) acquireUnlessRejected(ctx context.Context, k Key, keys redisKeys
 			if state, _ := acq.Slice(); len(state) > 0 && state[0] == int64(acquireTaken) {
 				c.releaseLease(ctx, keys, owner)
 			}
-			return acquireRejected, e, nil
+			return acquireRejected, e, 0, nil
 		}
 	}
 	if err := acq.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
@@ -115,27 +127,44 @@ func (c *Cache) acquireUnlessRejected(ctx context.Context, k Key, keys redisKeys
 
 // acquireFrom reads the reply of an acquire script, taking the lease over a
 // value that cannot be trusted.
-func (c *Cache) acquireFrom(ctx context.Context, keys redisKeys, owner string, cmd *redis.Cmd) (int, entry, error) {
+func (c *Cache) acquireFrom(ctx context.Context, keys redisKeys, owner string, cmd *redis.Cmd) (state int, e entry, held time.Duration, err error) {
 	for {
 		res, err := cmd.Slice()
 		if err != nil {
-			return 0, entry{}, err
+			return 0, entry{}, 0, err
 		}
-		state, _ := res[0].(int64)
-		if state != acquireFound {
-			return int(state), entry{}, nil
+		switch s, _ := res[0].(int64); s {
+		case acquireBusy:
+			if len(res) > 1 {
+				ms, _ := res[1].(int64)
+				held = time.Duration(ms) * time.Millisecond
+			}
+			return acquireBusy, entry{}, held, nil
+		case acquireFound:
+		default:
+			return int(s), entry{}, 0, nil
 		}
 		raw, _ := res[1].(string)
 		if e, ok := c.decodeLive(keys.value, []byte(raw)); ok {
-			return acquireFound, e, nil
+			return acquireFound, e, 0, nil
 		}
 		if c.afterUntrustedRead != nil {
 			c.afterUntrustedRead()
 		}
 		// Take the lease over this value, unless another instance has
 		// stored a new one meanwhile.
-		cmd = leaseOverScript.Run(ctx, c.rdb, keys.leaseKeys(), owner, c.leaseFor().Milliseconds(), raw)
+		cmd = leaseOverScript.Run(ctx, c.rdb, keys.leaseKeys(), append(c.acquireArgs(owner), raw)...)
 	}
+}
+
+// leaseCheckAfter is how long a waiter sleeps before it checks again on a
+// lease held for held more: until the lease would lapse, but at least
+// PollInterval/2 and at most LeaseTTL, with up to PollInterval of jitter to
+// spread the fleet's checks. Checking sooner would find nothing: the
+// holder's store wakes its waiters (they marked that they wait), and a new
+// pub/sub subscription, or the Redis circuit opening, wakes every waiter.
+func (c *Cache) leaseCheckAfter(held time.Duration) time.Duration {
+	return min(max(held, c.opts.PollInterval/2), c.opts.LeaseTTL) + mrand.N(c.opts.PollInterval)
 }
 
 // takeRefreshLease runs refreshLeaseScript. It reports whether this caller
