@@ -122,7 +122,7 @@ func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner 
 	defer stopRenew()
 
 	if err := c.waitSlot(ctx, keys.value, true); err != nil {
-		c.handOver(ctx, keys, owner)
+		c.releaseLease(ctx, keys, owner)
 		return fillResult{}, err
 	}
 	tok, err := c.callUpstream(ctx, k)
@@ -132,7 +132,7 @@ func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner 
 			c.store(ctx, keys, owner, e, gen)
 			return fillResult{entry: e, result: ResultMiss}, nil
 		}
-		c.handOver(ctx, keys, owner)
+		c.releaseLease(ctx, keys, owner)
 		return fillResult{}, err
 	}
 	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}

@@ -53,9 +53,9 @@ if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
 if redis.call('DEL', KEYS[4]) == 1 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1`)
 
-	// handOverScript releases the lease if ARGV[1] holds it, and wakes the
+	// releaseScript releases the lease if ARGV[1] holds it, and wakes the
 	// waiters, if any, so that one of them fetches at once.
-	handOverScript = redis.NewScript(`
+	releaseScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return 1`)
@@ -65,16 +65,13 @@ return 1`)
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])`)
 
-	// releaseScript deletes the lease if ARGV[1] holds it.
-	releaseScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-return redis.call('DEL', KEYS[1])`)
-
 	// backoffScript records a failed refresh: ARGV[2] failures in a row, kept
-	// for ARGV[3] ms. It releases the lease if ARGV[1] holds it.
+	// for ARGV[3] ms. It releases the lease if ARGV[1] holds it, and wakes
+	// the waiters, if any: a fill may wait on a refresh's lease.
 	backoffScript = redis.NewScript(`
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('DEL', KEYS[3]) == 1 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1`)
 )
 
@@ -195,21 +192,17 @@ func (c *Cache) store(ctx context.Context, keys redisKeys, owner string, e entry
 	c.localSetIf(keys.value, e, gen)
 	ttl := e.Until.Sub(c.opts.Now())
 	if ttl < time.Millisecond {
-		c.handOver(ctx, keys, owner)
+		c.releaseLease(ctx, keys, owner)
 		return
 	}
 	c.runAndWake(ctx, keys.value, storeScript, []string{keys.value, keys.lease(), keys.backoff(), keys.waiters()},
 		c.encode(keys.value, e), ttl.Milliseconds(), owner, c.events.channel, c.events.message(keys.value))
 }
 
-func (c *Cache) releaseLease(ctx context.Context, keys redisKeys, owner string) {
-	_ = releaseScript.Run(context.WithoutCancel(ctx), c.rdb, []string{keys.lease()}, owner).Err()
-}
-
-// handOver releases the lease after a failed fetch and wakes the fleet's
+// releaseLease releases the lease if owner holds it, and wakes the fleet's
 // waiters, so that one of them fetches at once.
-func (c *Cache) handOver(ctx context.Context, keys redisKeys, owner string) {
-	c.runAndWake(ctx, keys.value, handOverScript, []string{keys.lease(), keys.waiters()},
+func (c *Cache) releaseLease(ctx context.Context, keys redisKeys, owner string) {
+	c.runAndWake(ctx, keys.value, releaseScript, []string{keys.lease(), keys.waiters()},
 		owner, c.events.channel, c.events.message(keys.value))
 }
 
@@ -224,8 +217,8 @@ func (c *Cache) runAndWake(ctx context.Context, key string, script *redis.Script
 // backOff tells the fleet to leave keys alone for wait, after failures
 // failed refreshes in a row, and releases the lease.
 func (c *Cache) backOff(ctx context.Context, keys redisKeys, owner string, failures int, wait time.Duration) {
-	_ = backoffScript.Run(context.WithoutCancel(ctx), c.rdb, []string{keys.lease(), keys.backoff()},
-		owner, failures, (wait + backoffMemory).Milliseconds()).Err()
+	c.runAndWake(ctx, keys.value, backoffScript, []string{keys.lease(), keys.backoff(), keys.waiters()},
+		owner, failures, (wait + backoffMemory).Milliseconds(), c.events.channel, c.events.message(keys.value))
 }
 
 // leaseFor is how long a fill lease lasts without renewal: LeaseTTL, plus

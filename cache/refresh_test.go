@@ -124,3 +124,66 @@ func TestCloseEndsARefreshUnderWay(t *testing.T) {
 		t.Errorf("Close() took %v with a refresh under way", took)
 	}
 }
+
+// gatedUpstream holds each call until the test lets it go, then answers
+// with the error set at that time.
+type gatedUpstream struct {
+	fakeUpstream
+	gate chan struct{}
+}
+
+func (u *gatedUpstream) ChatToken(ctx context.Context, req polyv.ChatTokenRequest) (polyv.ChatToken, error) {
+	select {
+	case <-u.gate:
+	case <-ctx.Done():
+		return polyv.ChatToken{}, ctx.Err()
+	}
+	return u.fakeUpstream.ChatToken(ctx, req)
+}
+
+// An instance waiting on a refresh's lease (the token expired meanwhile) is
+// woken when the refresh fails and releases it, and fetches at once: it does
+// not sleep until the lease would have lapsed.
+func TestFailedRefreshWakesTheWaiters(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	clk := newClock()
+	up := &gatedUpstream{gate: make(chan struct{})}
+	opts := testOptions(func(o *Options) { o.Now = clk.Now; o.LeaseTTL = 20 * time.Second })
+	fleet := newFleet(t, rdb, up, 2, &opts)
+	ctx := context.Background()
+	go func() { up.gate <- struct{}{} }()
+	if _, _, err := fleet[0].Get(ctx, viewerKey); err != nil {
+		t.Fatal(err)
+	}
+
+	// The refresh starts and holds the lease while Polyv hangs.
+	up.setErr(&polyv.APIError{Code: 500, Message: "fail"})
+	clk.Add(5*time.Hour + time.Minute)
+	if _, res, _ := fleet[0].Get(ctx, viewerKey); res != ResultStale {
+		t.Fatalf("Get() = %v, want stale", res)
+	}
+	keys := viewerKey.redisKeys("tc:")
+	eventually(t, "the refresh to take the lease", func() bool { return rdb.Exists(ctx, keys.lease()).Val() == 1 })
+	// The token expires in Redis meanwhile, and another instance misses.
+	rdb.Del(ctx, keys.value)
+	waited := make(chan error, 1)
+	go func() {
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, _, err := fleet[1].Get(wctx, viewerKey)
+		waited <- err
+	}()
+	eventually(t, "the other instance to wait", func() bool { return rdb.Exists(ctx, keys.waiters()).Val() == 1 })
+
+	up.gate <- struct{}{} // the refresh fails
+	eventually(t, "the fleet to back off", func() bool { return rdb.Exists(ctx, keys.backoff()).Val() == 1 })
+	up.setErr(nil)
+	go func() {
+		for range 5 {
+			up.gate <- struct{}{}
+		}
+	}()
+	if err := <-waited; err != nil {
+		t.Errorf("waiting Get() = %v, want a token fetched after the failed refresh", err)
+	}
+}
