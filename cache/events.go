@@ -90,12 +90,7 @@ func (ev *events) dispatch(payload string) {
 func (ev *events) notify(key string) {
 	ev.mu.Lock()
 	defer ev.mu.Unlock()
-	for ch := range ev.waiters[key] {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
+	wakeEach(ev.waiters[key])
 }
 
 // wakeAll wakes every waiter, whatever its key.
@@ -103,11 +98,16 @@ func (ev *events) wakeAll() {
 	ev.mu.Lock()
 	defer ev.mu.Unlock()
 	for _, chans := range ev.waiters {
-		for ch := range chans {
-			select {
-			case ch <- struct{}{}:
-			default:
-			}
+		wakeEach(chans)
+	}
+}
+
+// wakeEach wakes each waiter of chans that has no wake-up pending.
+func wakeEach(chans map[chan struct{}]struct{}) {
+	for ch := range chans {
+		select {
+		case ch <- struct{}{}:
+		default:
 		}
 	}
 }

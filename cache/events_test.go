@@ -4,13 +4,11 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/tokencache/tokencache/internal/redistest"
-	"github.com/tokencache/tokencache/polyv"
 )
 
 // Invalidations published while a subscriber reconnects are lost; the
@@ -131,44 +129,25 @@ func TestNewSubscriptionWakesWaiters(t *testing.T) {
 	}
 }
 
-// firstCallHangs is an upstream whose first call never returns; the rest
-// answer at once.
-type firstCallHangs struct {
-	fakeUpstream
-	started atomic.Bool
-}
-
-func (u *firstCallHangs) ChatToken(ctx context.Context, req polyv.ChatTokenRequest) (polyv.ChatToken, error) {
-	if u.started.CompareAndSwap(false, true) {
-		<-ctx.Done()
-		return polyv.ChatToken{}, ctx.Err()
-	}
-	return u.fakeUpstream.ChatToken(ctx, req)
-}
-
 // An instance waiting for another's fetch when Redis dies hears of it from
 // its circuit breaker, and fetches on its own, instead of sleeping until it
 // would next check the lease.
 func TestRedisFailureWakesWaiters(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
-	up := &firstCallHangs{}
+	up := &gatedUpstream{gate: make(chan struct{})}
 	o := testOptions(func(o *Options) { o.LeaseTTL = 20 * time.Second })
 	fleet := newFleet(t, rdb, up, 2, &o)
 	ctx := context.Background()
-	go func() { _, _, _ = fleet[0].Get(ctx, viewerKey) }()
-	eventually(t, "the first instance to fetch", func() bool { return up.started.Load() })
+	go func() { _, _, _ = fleet[0].Get(ctx, viewerKey) }() // holds the lease: Polyv hangs
+	keys := viewerKey.redisKeys("tc:")
+	eventually(t, "the first instance to take the lease", func() bool { return rdb.Exists(ctx, keys.lease()).Val() == 1 })
 
-	waited := make(chan error, 1)
-	go func() {
-		wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		defer cancel()
-		_, _, err := fleet[1].Get(wctx, viewerKey)
-		waited <- err
-	}()
-	time.Sleep(200 * time.Millisecond) // it found the lease held for 20s
+	waited := getInBackground(fleet[1], viewerKey, 15*time.Second)
+	eventually(t, "the other instance to wait", func() bool { return rdb.Exists(ctx, keys.waiters()).Val() == 1 })
 	srv.Kill()
 	killed := time.Now()
+	close(up.gate) // Polyv answers again
 	// Other requests on the waiting instance open its circuit.
 	for i := range 5 {
 		_, _, _ = fleet[1].Get(ctx, Key{ChannelID: "c", UserID: fmt.Sprint(i), Role: "viewer"})

@@ -79,6 +79,35 @@ func (f *fakeUpstream) callsSince(n int) []string {
 	return slices.Clone(f.order[n:])
 }
 
+// gatedUpstream holds each call until the test lets it go (a send lets one
+// go, closing the gate lets all), then answers as fakeUpstream.
+type gatedUpstream struct {
+	fakeUpstream
+	gate chan struct{}
+}
+
+func (u *gatedUpstream) ChatToken(ctx context.Context, req polyv.ChatTokenRequest) (polyv.ChatToken, error) {
+	select {
+	case <-u.gate:
+	case <-ctx.Done():
+		return polyv.ChatToken{}, ctx.Err()
+	}
+	return u.fakeUpstream.ChatToken(ctx, req)
+}
+
+// getInBackground runs c.Get(k) with a timeout in a goroutine, and hands
+// over its error.
+func getInBackground(c *Cache, k Key, timeout time.Duration) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		_, _, err := c.Get(ctx, k)
+		done <- err
+	}()
+	return done
+}
+
 // clock is a settable clock for token ages.
 type clock struct {
 	mu  sync.Mutex

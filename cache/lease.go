@@ -100,7 +100,7 @@ func (c *Cache) acquireArgs(owner string) []any {
 // acquireUnlessRejected is acquire, with the remembered rejection of k's
 // channel read in the same round trip: a rejected channel gives
 // acquireRejected, and no lease.
-func (c *Cache) acquireUnlessRejected(ctx context.Context, k Key, keys redisKeys, owner string) (state int, e entry, held time.Duration, err error) {
+func (c *Cache) acquireUnlessRejected(ctx context.Context, k Key, keys redisKeys, owner string) (int, entry, time.Duration, error) {
 	rejKey := c.channelRejectionKey(k)
 	gen := c.localGen(rejKey)
 	pipe := c.rdb.Pipeline()
@@ -124,22 +124,18 @@ func (c *Cache) acquireUnlessRejected(ctx context.Context, k Key, keys redisKeys
 
 // acquireFrom reads the reply of an acquire script, taking the lease over a
 // value that cannot be trusted.
-func (c *Cache) acquireFrom(ctx context.Context, keys redisKeys, owner string, cmd *redis.Cmd) (state int, e entry, held time.Duration, err error) {
+func (c *Cache) acquireFrom(ctx context.Context, keys redisKeys, owner string, cmd *redis.Cmd) (int, entry, time.Duration, error) {
 	for {
 		res, err := cmd.Slice()
 		if err != nil {
 			return 0, entry{}, 0, err
 		}
-		switch s, _ := res[0].(int64); s {
+		switch state, _ := res[0].(int64); state {
 		case acquireBusy:
-			if len(res) > 1 {
-				ms, _ := res[1].(int64)
-				held = time.Duration(ms) * time.Millisecond
-			}
-			return acquireBusy, entry{}, held, nil
-		case acquireFound:
-		default:
-			return int(s), entry{}, 0, nil
+			ms, _ := res[1].(int64)
+			return acquireBusy, entry{}, time.Duration(ms) * time.Millisecond, nil
+		case acquireTaken:
+			return acquireTaken, entry{}, 0, nil
 		}
 		raw, _ := res[1].(string)
 		if e, ok := c.decodeLive(keys.value, []byte(raw)); ok {

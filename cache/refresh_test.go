@@ -125,22 +125,6 @@ func TestCloseEndsARefreshUnderWay(t *testing.T) {
 	}
 }
 
-// gatedUpstream holds each call until the test lets it go, then answers
-// with the error set at that time.
-type gatedUpstream struct {
-	fakeUpstream
-	gate chan struct{}
-}
-
-func (u *gatedUpstream) ChatToken(ctx context.Context, req polyv.ChatTokenRequest) (polyv.ChatToken, error) {
-	select {
-	case <-u.gate:
-	case <-ctx.Done():
-		return polyv.ChatToken{}, ctx.Err()
-	}
-	return u.fakeUpstream.ChatToken(ctx, req)
-}
-
 // An instance waiting on a refresh's lease (the token expired meanwhile) is
 // woken when the refresh fails and releases it, and fetches at once: it does
 // not sleep until the lease would have lapsed.
@@ -166,23 +150,13 @@ func TestFailedRefreshWakesTheWaiters(t *testing.T) {
 	eventually(t, "the refresh to take the lease", func() bool { return rdb.Exists(ctx, keys.lease()).Val() == 1 })
 	// The token expires in Redis meanwhile, and another instance misses.
 	rdb.Del(ctx, keys.value)
-	waited := make(chan error, 1)
-	go func() {
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		_, _, err := fleet[1].Get(wctx, viewerKey)
-		waited <- err
-	}()
+	waited := getInBackground(fleet[1], viewerKey, 5*time.Second)
 	eventually(t, "the other instance to wait", func() bool { return rdb.Exists(ctx, keys.waiters()).Val() == 1 })
 
 	up.gate <- struct{}{} // the refresh fails
 	eventually(t, "the fleet to back off", func() bool { return rdb.Exists(ctx, keys.backoff()).Val() == 1 })
 	up.setErr(nil)
-	go func() {
-		for range 5 {
-			up.gate <- struct{}{}
-		}
-	}()
+	close(up.gate)
 	if err := <-waited; err != nil {
 		t.Errorf("waiting Get() = %v, want a token fetched after the failed refresh", err)
 	}
