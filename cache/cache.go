@@ -348,7 +348,8 @@ func (c *Cache) serve(k Key, keys redisKeys, e entry, hit Result) (Token, Result
 func (c *Cache) Delete(ctx context.Context, k Key) error {
 	keys := c.keysOf(k)
 	c.dropLocal(keys.value)
-	if err := c.rdb.Del(ctx, keys.value, keys.backoff()).Err(); err != nil {
+	// The lease too: a fetch under way stores nothing (see storeScript).
+	if err := c.rdb.Del(ctx, keys.value, keys.backoff(), keys.lease()).Err(); err != nil {
 		return fmt.Errorf("cache: delete: %w", redisFailure(err))
 	}
 	// Again, after the value is gone from Redis: a read that raced the

@@ -43,13 +43,15 @@ if redis.call('PTTL', KEYS[3]) > tonumber(ARGV[3]) then return {0} end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
 return {1, redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[3]) or '0'}`)
 
-	// storeScript stores a value, ends any backoff, releases the lease if
-	// ARGV[3] holds it, and wakes the waiters, if any, with message ARGV[5]
-	// on channel ARGV[4]: an uncontended fill tells no one.
+	// storeScript stores a value if ARGV[3] still holds the lease, and
+	// returns 0 otherwise: a Delete since the fetch began took the lease
+	// away. It ends any backoff, releases the lease and wakes the waiters,
+	// if any, with message ARGV[5] on channel ARGV[4]: an uncontended fill
+	// tells no one.
 	storeScript = redis.NewScript(`
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('DEL', KEYS[3])
-if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+redis.call('DEL', KEYS[2], KEYS[3])
 if redis.call('DEL', KEYS[4]) == 1 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1`)
 
@@ -181,9 +183,10 @@ func (c *Cache) takeRefreshLease(ctx context.Context, keys redisKeys, owner stri
 	return true, stored, failures, nil
 }
 
-// store writes e to Redis and, unless invalidated since gen, to the local
-// cache, releases the lease and wakes the fleet's waiters. A Redis failure
-// here loses nothing the caller needs: the token is still returned.
+// store writes e to the local cache, unless invalidated since gen, and to
+// Redis while owner holds the lease; it releases the lease and wakes the
+// fleet's waiters. A Redis failure here loses nothing the caller needs: the
+// token is still returned.
 func (c *Cache) store(ctx context.Context, keys redisKeys, owner string, e entry, gen uint64) {
 	c.localSetIf(keys.value, e, gen)
 	ttl := e.Until.Sub(c.opts.Now())

@@ -83,6 +83,41 @@ func TestRefreshInvalidatesOtherInstances(t *testing.T) {
 	})
 }
 
+// A Delete that lands while another instance is fetching the token drops
+// that fetch's token too: the fetch answers the callers already waiting,
+// but stores nothing, so no caller after the Delete gets a token minted
+// before it.
+func TestDeleteDuringAFetchDropsItsToken(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	up := &gatedUpstream{gate: make(chan struct{})}
+	fleet := newFleet(t, rdb, up, 2, nil)
+	a, b := fleet[0], fleet[1]
+	ctx := context.Background()
+	keys := viewerKey.redisKeys("tc:")
+
+	var inFlight Token
+	fetched := make(chan error, 1)
+	go func() {
+		var err error
+		inFlight, _, err = a.Get(ctx, viewerKey)
+		fetched <- err
+	}()
+	eventually(t, "a to take the fill lease", func() bool { return rdb.Exists(ctx, keys.lease()).Val() == 1 })
+	if err := b.Delete(ctx, viewerKey); err != nil {
+		t.Fatal(err)
+	}
+	close(up.gate)
+	if err := <-fetched; err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the store, if any, has landed
+	for name, c := range map[string]*Cache{"a": a, "b": b} {
+		if tok, res, _ := c.Get(ctx, viewerKey); tok.Token == inFlight.Token {
+			t.Errorf("%s.Get() after the Delete = the token fetched before it (%v)", name, res)
+		}
+	}
+}
+
 // A Delete that runs between a Redis read and the local-cache write after it
 // must win: the deleted token never reaches the local cache.
 func TestDeleteRacingARedisReadNeverRefillsTheLocalCache(t *testing.T) {
