@@ -222,6 +222,8 @@ type Cache struct {
 	life context.Context // ends at Close; background work runs under it
 	stop context.CancelFunc
 	bg   sync.WaitGroup
+	// storing counts the stores still running after their answer.
+	storing sync.WaitGroup
 }
 
 // New returns a Cache on rdb and starts its pub/sub listener. It installs a
@@ -269,6 +271,7 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 // Close stops the background work and waits for it. It does not close rdb.
 func (c *Cache) Close() error {
 	c.stop()
+	c.storing.Wait()
 	c.bg.Wait()
 	return nil
 }

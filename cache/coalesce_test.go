@@ -207,11 +207,13 @@ func TestLeaseOverAnExpiredValueRechecksIt(t *testing.T) {
 	if _, _, err := a.Get(ctx, viewerKey); err != nil {
 		t.Fatal(err)
 	}
+	settle(a)
 	clk.Add(6 * time.Hour) // expired, though Redis still holds it
 	var fresh Token
 	b.afterUntrustedRead = func() {
 		b.afterUntrustedRead = nil
 		fresh, _, _ = a.Get(ctx, viewerKey)
+		settle(a)
 	}
 	tok, _, err := b.Get(ctx, viewerKey)
 	if err != nil || tok.Token != fresh.Token {

@@ -129,15 +129,28 @@ func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner 
 	if err != nil {
 		if e, ok := c.rejection(err); ok {
 			c.rememberChannelRejection(ctx, k, err, e, true)
-			c.store(ctx, keys, owner, e, gen)
+			c.storeAfterAnswer(ctx, keys, owner, e, gen)
 			return fillResult{entry: e, result: ResultMiss}, nil
 		}
 		c.releaseLease(ctx, keys, owner)
 		return fillResult{}, err
 	}
 	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}
-	c.store(ctx, keys, owner, e, gen)
+	c.storeAfterAnswer(ctx, keys, owner, e, gen)
 	return fillResult{entry: e, result: ResultMiss}, nil
+}
+
+// storeAfterAnswer puts e in the local cache at once and stores it in Redis
+// in the background, so that the callers are answered a round trip sooner.
+// The lease is held until the store lands: the rest of the fleet waits for
+// this token meanwhile instead of fetching its own.
+func (c *Cache) storeAfterAnswer(ctx context.Context, keys redisKeys, owner string, e entry, gen uint64) {
+	c.localSetIf(keys.value, e, gen)
+	c.storing.Add(1)
+	go func() {
+		defer c.storing.Done()
+		c.store(context.WithoutCancel(ctx), keys, owner, e, gen)
+	}()
 }
 
 // fillLocal fetches without Redis: per-process coalescing (the caller's

@@ -108,6 +108,10 @@ func getInBackground(c *Cache, k Key, timeout time.Duration) <-chan error {
 	return done
 }
 
+// settle waits for c's stores that run after their answer, for a test that
+// reads Redis or asks another instance next.
+func settle(c *Cache) { c.storing.Wait() }
+
 // clock is a settable clock for token ages.
 type clock struct {
 	mu  sync.Mutex

@@ -34,6 +34,8 @@ func TestChannelRejectionIsRememberedPerChannel(t *testing.T) {
 		if got := up.calls.Load(); got != 1 {
 			t.Errorf("upstream calls for 20 viewers of a rejected channel = %d, want 1", got)
 		}
+		settle(fleet[0])
+		settle(fleet[1])
 		if leases, err := rdb.Keys(ctx, "*}:l:*").Result(); err != nil || len(leases) > 0 {
 			t.Errorf("fill leases left behind: %v %v", leases, err)
 		}

@@ -168,6 +168,7 @@ func TestScriptsFlushed(t *testing.T) {
 		if _, res, err := c.Get(ctx, k); err != nil || res != ResultMiss {
 			t.Fatalf("Get() after SCRIPT FLUSH = %v, %v", res, err)
 		}
+		settle(c)
 		if n, _ := rdb.Exists(ctx, c.keysOf(k).value).Result(); n != 1 {
 			t.Error("the token was not stored after SCRIPT FLUSH")
 		}

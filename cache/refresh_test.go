@@ -21,6 +21,7 @@ func TestFailedRefreshNeverBlocksTheNextMiss(t *testing.T) {
 		if _, _, err := fleet[0].Get(ctx, viewerKey); err != nil {
 			t.Fatal(err)
 		}
+		settle(fleet[0])
 
 		up.setErr(&polyv.APIError{Code: 500, Message: "fail"})
 		clk.Add(5*time.Hour + time.Minute)
@@ -59,6 +60,7 @@ func TestRefreshStopsWhenAnotherInstanceRefreshed(t *testing.T) {
 		fleet := newFleet(t, rdb, up, 2, &opts)
 		ctx := context.Background()
 		first, _, _ := fleet[0].Get(ctx, viewerKey)
+		settle(fleet[0])
 
 		clk.Add(5*time.Hour + time.Minute)
 		keys := viewerKey.redisKeys("tc:")
@@ -84,6 +86,7 @@ func TestDeleteClearsEveryKeyOfTheIdentity(t *testing.T) {
 	if _, _, err := c.Get(ctx, viewerKey); err != nil {
 		t.Fatal(err)
 	}
+	settle(c)
 	up.setErr(&polyv.APIError{Code: 500, Message: "fail"})
 	clk.Add(5*time.Hour + time.Minute)
 	_, _, _ = c.Get(ctx, viewerKey)
@@ -112,6 +115,7 @@ func TestCloseEndsARefreshUnderWay(t *testing.T) {
 	if _, _, err := c.Get(context.Background(), viewerKey); err != nil {
 		t.Fatal(err)
 	}
+	settle(c)
 	up.mu.Lock()
 	up.delay = 20 * time.Second // honours ctx
 	up.mu.Unlock()
@@ -139,6 +143,7 @@ func TestFailedRefreshWakesTheWaiters(t *testing.T) {
 	if _, _, err := fleet[0].Get(ctx, viewerKey); err != nil {
 		t.Fatal(err)
 	}
+	settle(fleet[0])
 
 	// The refresh starts and holds the lease while Polyv hangs.
 	up.setErr(&polyv.APIError{Code: 500, Message: "fail"})

@@ -37,6 +37,7 @@ func TestNothingInClearWithEncryption(t *testing.T) {
 	}
 	up.setErr(&polyv.APIError{Endpoint: polyv.EndpointChatToken, Code: 403, Message: "illegal channel id: 666"})
 	_, _, _ = c.Get(ctx, Key{ChannelID: "666", UserID: "rejected-user", Role: "viewer"})
+	settle(c)
 
 	all := dump(t, rdb)
 	for _, clear := range []string{tok.Token, tok.MediaChannelKey, viewerKey.UserID, "rejected-user", "illegal channel"} {
@@ -63,6 +64,7 @@ func TestSealedValueOpensOnlyUnderItsKey(t *testing.T) {
 	if _, _, err := c.Get(ctx, other); err != nil {
 		t.Fatal(err)
 	}
+	settle(c)
 	// Move viewerKey's value over other's: it must not open there.
 	moved := rdb.Get(ctx, c.keysOf(viewerKey).value).Val()
 	rdb.Set(ctx, c.keysOf(other).value, moved, 0)
@@ -73,6 +75,7 @@ func TestSealedValueOpensOnlyUnderItsKey(t *testing.T) {
 	if got := testutil.ToFloat64(c.metrics.unopenable); got < 1 {
 		t.Errorf("undecryptable values = %v, want it counted", got)
 	}
+	settle(c)
 	if _, ok := c.decode(c.keysOf(other).value, []byte(rdb.Get(ctx, c.keysOf(other).value).Val())); !ok {
 		t.Error("the value was not overwritten")
 	}

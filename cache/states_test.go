@@ -25,6 +25,7 @@ func TestTokenStates(t *testing.T) {
 		if err != nil || res != ResultMiss {
 			t.Fatalf("first Get() = %v, %v; want miss", res, err)
 		}
+		settle(fleet[0])
 		if _, res, _ := fleet[1].Get(ctx, viewerKey); res != ResultHitRedis {
 			t.Errorf("fresh Get() = %v, want hit_redis", res)
 		}
@@ -63,6 +64,7 @@ func TestFailedRefreshKeepsServingAndBacksOff(t *testing.T) {
 		fleet := newFleet(t, rdb, up, 2, &opts)
 		ctx := context.Background()
 		first, _, _ := fleet[0].Get(ctx, viewerKey)
+		settle(fleet[0])
 
 		up.setErr(&polyv.APIError{Code: 500, Message: "fail"})
 		clk.Add(5*time.Hour + time.Minute)
@@ -172,6 +174,7 @@ func TestCorruptValueIsAMissAndOverwritten(t *testing.T) {
 		if err != nil || res != ResultMiss || tok.Token == "" {
 			t.Errorf("Get() over %q = %q, %v, %v; want a miss", raw, tok.Token, res, err)
 		}
+		settle(c)
 		b, _ := rdb.Get(context.Background(), keys.value).Bytes()
 		if e, ok := decodeEntry(b); !ok || e.Token.Token != tok.Token {
 			t.Errorf("value over %q was not overwritten: %s", raw, b)
