@@ -25,8 +25,10 @@ const (
 	EndpointChannelToken = "get-token"
 )
 
+// ChatTokenPath is get-chat-token's path under the base URL.
+const ChatTokenPath = "/live/v3/channel/common/get-chat-token"
+
 const (
-	chatTokenPath    = "/live/v3/channel/common/get-chat-token"
 	channelTokenPath = "/live/v3/channel/common/get-token"
 	maxReplyBytes    = 1 << 20
 )
@@ -199,7 +201,7 @@ func (c *Client) ChatToken(ctx context.Context, req ChatTokenRequest) (ChatToken
 		"role":      req.Role,
 		"origin":    req.Origin,
 	}
-	data, issued, err := c.call(ctx, EndpointChatToken, chatTokenPath, params)
+	data, issued, err := c.call(ctx, EndpointChatToken, ChatTokenPath, params)
 	if err != nil {
 		return ChatToken{}, err
 	}

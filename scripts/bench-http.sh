@@ -7,6 +7,9 @@
 #   miss       tokencache, every request a new user, simulator at 100 ms
 #   miss_paced the same at a steady 200 requests/s (open loop) instead of
 #              32 workers that all send again the moment their answers land
+#   upstream   the simulator itself, asked as tokencache asks it, under each
+#              miss run's load (upstream, upstream_paced): the miss overhead
+#              is measured over what the upstream really takes
 #   peer_*     the same three runs against bench/peer: echo + go-redis/cache
 #              Once, with its TinyLFU local cache (peer_local) or Redis only
 #   fleet_*    a stampede of one new key over 3 instances of each service,
@@ -40,7 +43,7 @@ wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null &&
 
 rp=$(port); redis-server --port "$rp" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 & pids+=($!)
 fast=$(port); "$bin/polyvsim" -addr "127.0.0.1:$fast" 2>"$work/sim-fast.log" & pids+=($!)
-slow=$(port); "$bin/polyvsim" -addr "127.0.0.1:$slow" -latency "$SIM_LATENCY" 2>"$work/sim-slow.log" & pids+=($!)
+slow=$(port); "$bin/polyvsim" -addr "127.0.0.1:$slow" -latency "$SIM_LATENCY" 2>"$work/sim-slow.log" & pids+=($!); pid_of[$slow]=$!
 wait_http "http://127.0.0.1:$fast/stats"; wait_http "http://127.0.0.1:$slow/stats"
 
 start_tc() { # name port sim-port extra-env...
@@ -96,6 +99,8 @@ for round in $(seq "$ROUNDS"); do
   attack hit_redis "$round" "$pc"
   attack miss "$round" "$pd" -miss-ratio 1
   attack miss_paced "$round" "$pd" -miss-ratio 1 -rate "$PACED_RATE" -max-workers 1000
+  POLYV_APP_ID=sim-app POLYV_APP_SECRET=sim-secret attack upstream "$round" "$slow" -polyv -miss-ratio 1
+  POLYV_APP_ID=sim-app POLYV_APP_SECRET=sim-secret attack upstream_paced "$round" "$slow" -polyv -miss-ratio 1 -rate "$PACED_RATE" -max-workers 1000
   attack peer_local "$round" "$qa"
   attack peer_redis "$round" "$qb"
   attack peer_miss "$round" "$qc" -miss-ratio 1
@@ -120,8 +125,9 @@ stampede() { # name targets
 stampede fleet_tokencache "$(IFS=,; echo "${tc_fleet[*]}")"
 stampede fleet_peer "$(IFS=,; echo "${peer_fleet[*]}")"
 
-runs=(ceiling hit_local hit_redis miss miss_paced peer_local peer_redis peer_miss peer_miss_paced fleet_tokencache fleet_peer)
-table=$("$bin/tokenload" compare -markdown -miss miss,miss_paced,peer_miss,peer_miss_paced -sim-latency "$SIM_LATENCY" \
+runs=(ceiling hit_local hit_redis miss miss_paced upstream upstream_paced peer_local peer_redis peer_miss peer_miss_paced fleet_tokencache fleet_peer)
+table=$("$bin/tokenload" compare -markdown -sim-latency "$SIM_LATENCY" \
+  -miss miss:upstream,miss_paced:upstream_paced,peer_miss:upstream,peer_miss_paced:upstream_paced \
   $(for r in "${runs[@]}"; do echo "$r=$(ls "$work/$r".*.json | paste -sd,)"; done))
 echo "$table"
 
@@ -136,7 +142,10 @@ over loopback, against one server process, $ROUNDS times in turn; the load gener
 server, the same for every row. A row's ratio is the median of its rounds' ratios to the ceiling's round; its
 throughput is the median round's, its latencies the median round's. Hit runs read $((CHANNELS * USERS)) tokens warmed beforehand; the miss runs ask for a new user every
 time, from a simulator answering after $SIM_LATENCY: \`miss\` from $WORKERS workers that each send again as soon as answered,
-so that they move in waves, \`miss_paced\` at a steady $PACED_RATE requests/s. "vs ceiling" is throughput divided by the ceiling's, measured in
+so that they move in waves, \`miss_paced\` at a steady $PACED_RATE requests/s. \`upstream\` and \`upstream_paced\` ask that
+simulator itself (\`tokenload attack -polyv\`, signed as tokencache signs) under the same two loads: a miss's overhead
+is its run's median latency minus its upstream run's, what the upstream really takes, and also over the nominal
+$SIM_LATENCY. "vs ceiling" is throughput divided by the ceiling's, measured in
 the same run. "server CPU/request" is the CPU time the server process used per request (from /proc), and "CPU vs
 ceiling" the ceiling's divided by it: the server's own cost, whatever the load generator beside it costs. \`peer_*\` is bench/peer, the go-redis/cache service (echo + \`cache.Once\`, TinyLFU local cache or
 Redis only, no logging, metrics or auth). \`fleet_*\` is 300 concurrent requests for one new key spread over 3

@@ -84,6 +84,7 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	output := fs.String("output", "", "write the results in vegeta's binary format, for `vegeta report` and `vegeta plot`")
 	name := fs.String("name", "tokenload", "attack name in the results")
 	quiet := fs.Bool("quiet", false, "no live progress line")
+	direct := fs.Bool("polyv", false, "attack the Polyv API (the simulator) at -target itself, signed with POLYV_APP_ID and POLYV_APP_SECRET from the environment: the upstream's own latency under the same load")
 	serverPID := fs.Int("server-pid", 0, "a local process, such as the server under test, whose CPU time per request to report (Linux)")
 	if err := cli.Parse(fs, args, stdout, ""); err != nil {
 		return err
@@ -132,12 +133,15 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("-stats %s: %w", *stats, err)
 		}
 	}
-	promBefore := upstreamFromMetrics(ctx, bases)
+	var promBefore *float64
+	if !*direct {
+		promBefore = upstreamFromMetrics(ctx, bases)
+	}
 
-	var next atomic.Uint64
-	targeter := func(t *vegeta.Target) error {
-		id := wl.next()
-		base := bases[next.Add(1)%uint64(len(bases))]
+	var n atomic.Uint64
+	next := func() (identity, string) { return wl.next(), bases[n.Add(1)%uint64(len(bases))] }
+	var targeter vegeta.Targeter = func(t *vegeta.Target) error {
+		id, base := next()
 		q := url.Values{"userId": {id.UserID}, "role": {id.Role}}
 		if id.Origin != "" {
 			q.Set("origin", id.Origin)
@@ -147,12 +151,18 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		t.Header = http.Header{"Authorization": {"Bearer " + *key}}
 		return nil
 	}
+	if *direct {
+		if targeter, err = polyvTargeter(next); err != nil {
+			return err
+		}
+	}
 	attacker := vegeta.NewAttacker(vegeta.Workers(*workers), vegeta.MaxWorkers(*maxWorkers), vegeta.Timeout(*timeout),
 		vegeta.KeepAlive(true), vegeta.Connections(int(*maxWorkers)), vegeta.MaxBody(64<<10))
 	go func() { <-ctx.Done(); attacker.Stop() }()
 
 	var metrics vegeta.Metrics
 	chk := newChecker()
+	chk.polyv = *direct
 	var done, failed atomic.Int64
 	stopProgress := progress(stderr, *quiet, func(elapsed time.Duration) string {
 		n := done.Load()
@@ -165,7 +175,7 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 	}
 	transportEg := map[string]bool{}
-	for res := range attacker.Attack(vegeta.Targeter(targeter), vegeta.Rate{Freq: *rate, Per: time.Second}, *duration, *name) {
+	for res := range attacker.Attack(targeter, vegeta.Rate{Freq: *rate, Per: time.Second}, *duration, *name) {
 		metrics.Add(res)
 		chk.add(res)
 		done.Add(1)

@@ -33,6 +33,7 @@ type checker struct {
 	offTable    int
 	offTableEg  []string
 	transport   int
+	polyv       bool // the answers are Polyv's own (attack -polyv)
 }
 
 func newChecker() *checker {
@@ -63,6 +64,11 @@ func (c *checker) add(r *vegeta.Result) {
 	switch {
 	case r.Code == 0:
 		c.transport++
+	case r.Code == 200 && c.polyv:
+		var b polyvReply
+		if err := json.Unmarshal(r.Body, &b); err != nil || b.Code != 200 || b.Data.Token == "" {
+			c.empty++
+		}
 	case r.Code == 200:
 		var b chatBody
 		if err := json.Unmarshal(r.Body, &b); err != nil || b.Token == "" {

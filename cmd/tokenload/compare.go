@@ -26,7 +26,7 @@ func compareCmd(args []string, stdout, stderr io.Writer) error {
 	markdown := fs.Bool("markdown", false, "print a Markdown table")
 	missLatency := fs.Duration("sim-latency", 0, "simulator latency of the miss runs, to report the miss overhead")
 	var missNames targetList
-	fs.Var(&missNames, "miss", "label of a miss run; repeat it or separate with commas")
+	fs.Var(&missNames, "miss", "label of a miss run, or label:upstream-label to measure its overhead over an `attack -polyv` run under the same load; repeat it or separate with commas")
 	if err := cli.Parse(fs, args, stdout, ""); err != nil {
 		return err
 	}
@@ -57,9 +57,12 @@ func compareCmd(args []string, stdout, stderr io.Writer) error {
 		}
 		labels, runs = append(labels, label), append(runs, rounds)
 	}
-	for _, name := range missNames {
-		if !slices.Contains(labels, name) {
-			return fmt.Errorf("-miss %s: no report has that label", name)
+	for _, pair := range missNames {
+		name, upstream, _ := strings.Cut(pair, ":")
+		for _, l := range []string{name, upstream} {
+			if l != "" && !slices.Contains(labels, l) {
+				return fmt.Errorf("-miss %s: no report has the label %s", pair, l)
+			}
 		}
 	}
 	sep, start, end := "\t", "", ""
@@ -116,16 +119,31 @@ func compareCmd(args []string, stdout, stderr io.Writer) error {
 			cpuCell, cpuRatio, typical.LatencyP50, typical.LatencyP90, typical.LatencyP99, typical.LatencyMax, fmt.Sprint(non200), callCell)
 	}
 	tw.Flush()
-	for _, name := range missNames {
-		rounds := runs[slices.Index(labels, name)]
+	p50 := func(label string) float64 {
 		var p50s []float64
-		for _, r := range rounds {
+		for _, r := range runs[slices.Index(labels, label)] {
 			p50s = append(p50s, r.LatencyP50Ms)
 		}
-		p50 := median(p50s)
-		sim := float64(missLatency.Microseconds()) / 1000
-		fmt.Fprintf(stdout, "\n%s overhead: median miss latency %.1f ms - simulator latency %.0f ms = %.1f ms\n",
-			name, p50, sim, p50-sim)
+		return median(p50s)
+	}
+	if len(missNames) > 0 {
+		fmt.Fprintln(stdout)
+	}
+	for _, pair := range missNames {
+		name, upstream, _ := strings.Cut(pair, ":")
+		miss, nominal := p50(name), float64(missLatency.Microseconds())/1000
+		if upstream == "" {
+			fmt.Fprintf(stdout, "%s overhead: median miss latency %.1f ms - simulator latency %.0f ms = %.1f ms\n",
+				name, miss, nominal, miss-nominal)
+			continue
+		}
+		own := p50(upstream)
+		fmt.Fprintf(stdout, "%s overhead: median miss latency %.2f ms - the upstream's own %.2f ms (%s) = %.2f ms",
+			name, miss, own, upstream, miss-own)
+		if nominal > 0 {
+			fmt.Fprintf(stdout, "; over its nominal %.0f ms: %.2f ms", nominal, miss-nominal)
+		}
+		fmt.Fprintln(stdout)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -221,6 +222,35 @@ func TestAttackReport(t *testing.T) {
 	}
 }
 
+// attack -polyv asks the simulator itself, signed as tokencache signs, and
+// checks that each answer is a token; a wrong secret fails the checks.
+func TestAttackPolyvDirect(t *testing.T) {
+	_, sim := startService(t)
+	attack := func(secret string) (attackReport, error) {
+		t.Setenv("POLYV_APP_ID", "sim-app")
+		t.Setenv("POLYV_APP_SECRET", secret)
+		var stdout, stderr bytes.Buffer
+		err := attackCmd(context.Background(), []string{"-polyv", "-target", sim, "-rate", "100", "-duration", "500ms",
+			"-channels", "2", "-users", "20", "-miss-ratio", "1", "-json", "-quiet"}, &stdout, &stderr)
+		var r attackReport
+		if jerr := json.Unmarshal(stdout.Bytes(), &r); jerr != nil {
+			t.Fatalf("report: %v\n%s", jerr, stderr.String())
+		}
+		return r, err
+	}
+	r, err := attack("sim-secret")
+	if err != nil || r.Requests < 40 || r.StatusCodes["200"] != int(r.Requests) || r.EmptyTokens != 0 || r.LatencyP50Ms <= 0 {
+		t.Errorf("attack -polyv = %v, %+v", err, r)
+	}
+	if r, err := attack("wrong-secret"); err == nil || r.EmptyTokens+r.StatusCodes["200"] == 0 {
+		t.Errorf("attack -polyv with a wrong secret = %v, %+v; want its checks to fail", err, r)
+	}
+	t.Setenv("POLYV_APP_SECRET", "")
+	if err := attackCmd(context.Background(), []string{"-polyv", "-target", sim, "-duration", "100ms", "-quiet"}, io.Discard, io.Discard); err == nil {
+		t.Error("attack -polyv ran without credentials")
+	}
+}
+
 // warm writes a pool; attack -pool replays it: every request is a hit for a
 // pooled viewer, and nothing is fetched.
 func TestAttackReplaysPool(t *testing.T) {
@@ -341,6 +371,17 @@ func TestCompare(t *testing.T) {
 	if err := run(context.Background(), append(args[:6:6], "-miss", "nope", args[6]), &out, &out); err == nil {
 		t.Error("compare accepted -miss naming no report")
 	}
+	if err := run(context.Background(), append(args[:6:6], "-miss", "miss:nope", args[6], args[7]), &out, &out); err == nil {
+		t.Error("compare accepted -miss naming an upstream run no report has")
+	}
+
+	// Over the upstream's own latency, measured under the same load.
+	out.Reset()
+	err := run(context.Background(), []string{"compare", "-sim-latency", "100ms", "-miss", "miss:upstream",
+		args[6], args[7], write("upstream", attackReport{Requests: 50, Throughput: 5, LatencyP50Ms: 101.25})}, &out, &out)
+	if want := "miss overhead: median miss latency 102.50 ms - the upstream's own 101.25 ms (upstream) = 1.25 ms; over its nominal 100 ms: 2.50 ms"; err != nil || !strings.Contains(out.String(), want) {
+		t.Errorf("compare = %v, output lacks %q:\n%s", err, want, out.String())
+	}
 
 	// Rounds: each round's ratio is to the baseline's same round, and the
 	// row shows their median. The machine ran at half speed in round 2.
@@ -352,7 +393,7 @@ func TestCompare(t *testing.T) {
 		return label + "=" + strings.Join(paths, ",")
 	}
 	out.Reset()
-	err := run(context.Background(), []string{"compare", "-markdown", "-miss", "m", "-sim-latency", "100ms",
+	err = run(context.Background(), []string{"compare", "-markdown", "-miss", "m", "-sim-latency", "100ms",
 		rounds("ceiling", attackReport{Throughput: 100, ServerCPUPerRequest: us(30)}, attackReport{Throughput: 50, ServerCPUPerRequest: us(60)},
 			attackReport{Throughput: 100, ServerCPUPerRequest: us(30)}),
 		rounds("hit", attackReport{Throughput: 90, LatencyP50: "1ms", ServerCPUPerRequest: us(40)}, attackReport{Throughput: 46, LatencyP50: "2ms", ServerCPUPerRequest: us(90)},
