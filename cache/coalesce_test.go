@@ -223,3 +223,50 @@ func TestLeaseOverAnExpiredValueRechecksIt(t *testing.T) {
 		t.Errorf("upstream calls = %d, want 2", got)
 	}
 }
+
+// slowScript holds back each run of one script, as a slow link would.
+type slowScript struct {
+	hash  string
+	delay time.Duration
+}
+
+func (s slowScript) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (s slowScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if args := cmd.Args(); len(args) > 1 && cmd.Name() == "evalsha" && args[1] == s.hash {
+			time.Sleep(s.delay)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (s slowScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A key asked again while its fetch's store is still on its way to Redis,
+// on the instance that fetched it (with no local cache) or on another, gets
+// that token: Polyv is not called again.
+func TestAskedAgainBeforeTheStoreLands(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	up := &fakeUpstream{}
+	opts := testOptions(func(o *Options) { o.LocalSize = 0 })
+	fleet := newFleet(t, rdb, up, 2, &opts)
+	a, b := fleet[0], fleet[1]
+	a.rdb.(redis.UniversalClient).AddHook(slowScript{hash: storeScript.Hash(), delay: 300 * time.Millisecond})
+	ctx := context.Background()
+	first, _, err := a.Get(ctx, viewerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rdb.Exists(ctx, viewerKey.redisKeys("tc:").value).Val() != 0 {
+		t.Fatal("the store landed before the answer: this test needs it still on its way")
+	}
+	for name, c := range map[string]*Cache{"a": a, "b": b} {
+		if tok, res, err := c.Get(ctx, viewerKey); err != nil || tok.Token != first.Token {
+			t.Errorf("%s.Get() before the store landed = %q, %v, %v; want %q", name, tok.Token, res, err, first.Token)
+		}
+	}
+	if got := up.calls.Load(); got != 1 {
+		t.Errorf("upstream calls = %d, want 1", got)
+	}
+}
