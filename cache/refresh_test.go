@@ -166,3 +166,40 @@ func TestFailedRefreshWakesTheWaiters(t *testing.T) {
 		t.Errorf("waiting Get() = %v, want a token fetched after the failed refresh", err)
 	}
 }
+
+// A Delete that lands while a refresh is fetching drops the refreshed token
+// too: no instance serves a token minted before the Delete.
+func TestDeleteDuringARefreshDropsItsToken(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	clk := newClock()
+	up := &gatedUpstream{gate: make(chan struct{})}
+	opts := testOptions(func(o *Options) { o.Now = clk.Now })
+	fleet := newFleet(t, rdb, up, 2, &opts)
+	a, b := fleet[0], fleet[1]
+	ctx := context.Background()
+	go func() { up.gate <- struct{}{} }()
+	first, _, err := a.Get(ctx, viewerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	settle(a)
+
+	clk.Add(5*time.Hour + time.Minute)
+	if _, res, _ := a.Get(ctx, viewerKey); res != ResultStale {
+		t.Fatalf("Get() = %v, want stale", res)
+	}
+	keys := viewerKey.redisKeys("tc:")
+	eventually(t, "the refresh to take the lease", func() bool { return rdb.Exists(ctx, keys.lease()).Val() == 1 })
+	if err := b.Delete(ctx, viewerKey); err != nil {
+		t.Fatal(err)
+	}
+	close(up.gate)
+	eventually(t, "the refresh to fetch", func() bool { return up.calls.Load() == 2 })
+	time.Sleep(100 * time.Millisecond) // its store, if any, has landed
+	for name, c := range map[string]*Cache{"a": a, "b": b} {
+		tok, res, _ := c.Get(ctx, viewerKey)
+		if tok.Token == first.Token || tok.Token == "tok-2" {
+			t.Errorf("%s.Get() after the Delete = %q (%v), a token minted before it", name, tok.Token, res)
+		}
+	}
+}
