@@ -45,9 +45,10 @@ return {1, redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[3]) or '0'}`
 
 	// storeScript stores a value if ARGV[3] still holds the lease, and
 	// returns 0 otherwise: a Delete since the fetch began took the lease
-	// away (or the lease lapsed, and another instance may be fetching). It ends any backoff, releases the lease and wakes the waiters,
-	// if any, with message ARGV[5] on channel ARGV[4]: an uncontended fill
-	// tells no one.
+	// away, or the lease lapsed and another instance may be fetching. It
+	// ends any backoff, releases the lease and wakes the waiters, if any,
+	// with message ARGV[5] on channel ARGV[4]: an uncontended fill tells no
+	// one.
 	storeScript = redis.NewScript(`
 if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
