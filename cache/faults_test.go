@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,33 +21,35 @@ import (
 )
 
 // faultUpstream issues unique tokens, or fails while failing is set, and
-// counts the tokens it issued per identity.
+// keeps the tokens it issued per identity.
 type faultUpstream struct {
 	failing atomic.Bool
 	n       atomic.Int64
 
 	mu     sync.Mutex
-	issued map[string]int
+	issued map[string][]string
 }
 
 func (u *faultUpstream) ChatToken(_ context.Context, req polyv.ChatTokenRequest) (polyv.ChatToken, error) {
 	if u.failing.Load() {
 		return polyv.ChatToken{}, &polyv.APIError{Endpoint: polyv.EndpointChatToken, Code: 500, Message: "fail"}
 	}
+	tok := fmt.Sprint("tok-", u.n.Add(1))
 	u.mu.Lock()
-	u.issued[req.UserID]++
+	u.issued[req.UserID] = append(u.issued[req.UserID], tok)
 	u.mu.Unlock()
-	return polyv.ChatToken{Token: fmt.Sprint("tok-", u.n.Add(1)), MediaChannelKey: "m"}, nil
+	return polyv.ChatToken{Token: tok, MediaChannelKey: "m"}, nil
 }
 
 func (u *faultUpstream) ChannelToken(context.Context, string) (polyv.ChannelToken, error) {
 	return polyv.ChannelToken{}, errors.New("not used")
 }
 
-func (u *faultUpstream) issuedFor(userID string) int {
+// issuedFor returns the tokens issued so far for userID.
+func (u *faultUpstream) issuedFor(userID string) []string {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return u.issued[userID]
+	return slices.Clone(u.issued[userID])
 }
 
 // faultWorld is three instances on one real redis-server, and what the
@@ -62,10 +65,9 @@ type faultWorld struct {
 
 	redisUp      bool
 	redisUpSince time.Time
-	served       map[string]map[string]bool // userID -> tokens served
-	deletedBy    map[string]time.Time       // token -> when it must no longer be served
-	allowed      map[string]int             // userID -> tokens Polyv may have issued
-	history      []string                   // what happened, for a failure's message
+	deletedBy    map[string]time.Time // token -> when it must no longer be served
+	allowed      map[string]int       // userID -> tokens Polyv may have issued
+	history      []string             // what happened, for a failure's message
 }
 
 func (w *faultWorld) record(format string, args ...any) {
@@ -122,10 +124,26 @@ func (w *faultWorld) get(t *rapid.T, c *Cache, user string, timeout time.Duratio
 	if bound, ok := w.deletedBy[tok.Token]; ok && time.Now().After(bound) {
 		w.fail(t, "Get(%s) served %s, deleted %v ago (%v)", user, tok.Token, time.Since(bound.Add(-2*time.Second)), res)
 	}
-	if w.served[user] == nil {
-		w.served[user] = map[string]bool{}
+}
+
+// delete runs one Delete of user's token on instance i. Every token Polyv
+// issued for user before it, served or not, must be gone 2 s after it
+// returns: a fetch under way must not store its token afterwards.
+func (w *faultWorld) delete(i int, user string) {
+	w.allowed[user]++ // the deleting instance fetches again even if Redis fails
+	before := w.up.issuedFor(user)
+	err := w.fleet[i].Delete(context.Background(), w.key(user))
+	w.record("  instance %d: delete %s: %v", i, user, err)
+	if err != nil {
+		return
 	}
-	w.served[user][tok.Token] = true
+	bound := time.Now().Add(2 * time.Second)
+	if !w.redisUp {
+		bound = time.Now().Add(24 * time.Hour)
+	}
+	for _, tok := range before {
+		w.deletedBy[tok] = bound
+	}
 }
 
 func (w *faultWorld) instance(c *Cache) int {
@@ -139,7 +157,7 @@ func (w *faultWorld) instance(c *Cache) int {
 
 func (w *faultWorld) check(t *rapid.T) {
 	for _, u := range w.users {
-		if got, max := w.up.issuedFor(u), w.allowed[u]; got > max {
+		if got, max := len(w.up.issuedFor(u)), w.allowed[u]; got > max {
 			w.fail(t, "Polyv issued %d tokens for %s, at most %d allowed", got, u, max)
 		}
 	}
@@ -191,9 +209,9 @@ func TestRandomFaults(t *testing.T) {
 			rt.Fatal(err)
 		}
 		w := &faultWorld{
-			srv: srv, admin: admin, clk: newClock(), up: &faultUpstream{issued: map[string]int{}},
+			srv: srv, admin: admin, clk: newClock(), up: &faultUpstream{issued: map[string][]string{}},
 			users: []string{"u0", "u1", "u2"}, redisUp: true, redisUpSince: time.Now(),
-			served: map[string]map[string]bool{}, deletedBy: map[string]time.Time{}, allowed: map[string]int{},
+			deletedBy: map[string]time.Time{}, allowed: map[string]int{},
 		}
 		w.opts = testOptions(func(o *Options) {
 			o.Now = w.clk.Now
@@ -224,38 +242,34 @@ func TestRandomFaults(t *testing.T) {
 			},
 			"burst": func(t *rapid.T) {
 				u := user.Draw(t, "user")
-				var mu sync.Mutex
 				hammer(12, func(i int) {
 					ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 					defer cancel()
-					tok, _, err := w.fleet[i%3].Get(ctx, w.key(u))
-					if err == nil {
-						mu.Lock()
-						if w.served[u] == nil {
-							w.served[u] = map[string]bool{}
-						}
-						w.served[u][tok.Token] = true
-						mu.Unlock()
-					}
+					_, _, _ = w.fleet[i%3].Get(ctx, w.key(u))
 				})
 				w.get(t, w.fleet[0], u, 3*time.Second) // checks what the burst left
 			},
 			"delete": func(t *rapid.T) {
+				w.delete(instance.Draw(t, "instance"), user.Draw(t, "user"))
+			},
+			"delete during a get": func(t *rapid.T) {
 				u := user.Draw(t, "user")
-				w.allowed[u]++ // the deleting instance fetches again even if Redis fails
-				i := instance.Draw(t, "instance")
-				err := w.fleet[i].Delete(context.Background(), w.key(u))
-				w.record("  instance %d: delete %s: %v", i, u, err)
-				if err != nil {
-					return
-				}
-				bound := time.Now().Add(2 * time.Second)
-				if !w.redisUp {
-					bound = time.Now().Add(24 * time.Hour)
-				}
-				for tok := range w.served[u] {
-					w.deletedBy[tok] = bound
-				}
+				getter, deleter := instance.Draw(t, "getter"), instance.Draw(t, "deleter")
+				w.allowed[u]++ // the get may fetch a token the delete then drops
+				var tok Token
+				var res Result
+				var err error
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+					defer cancel()
+					tok, res, err = w.fleet[getter].Get(ctx, w.key(u))
+				}()
+				time.Sleep(time.Duration(rapid.IntRange(0, 2000).Draw(t, "µs")) * time.Microsecond)
+				w.delete(deleter, u)
+				<-done
+				w.record("  instance %d: get %s during the delete = %s %v %v", getter, u, tok.Token, res, err)
 			},
 			"past refresh-after": func(t *rapid.T) {
 				w.clk.Add(w.opts.RefreshAfter + time.Minute)
