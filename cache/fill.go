@@ -149,7 +149,7 @@ func (c *Cache) storeAfterAnswer(ctx context.Context, keys redisKeys, owner stri
 	c.storing.Add(1)
 	go func() {
 		defer c.storing.Done()
-		c.store(context.WithoutCancel(ctx), keys, owner, e, gen)
+		c.store(context.WithoutCancel(ctx), keys, owner, e)
 	}()
 }
 

@@ -184,32 +184,32 @@ func (c *Cache) takeRefreshLease(ctx context.Context, keys redisKeys, owner stri
 	return true, stored, failures, nil
 }
 
-// store writes e to the local cache, unless invalidated since gen, and to
-// Redis while owner holds the lease; it releases the lease and wakes the
-// fleet's waiters. A Redis failure here loses nothing the caller needs: the
-// token is still returned.
-func (c *Cache) store(ctx context.Context, keys redisKeys, owner string, e entry, gen uint64) {
-	c.localSetIf(keys.value, e, gen)
+// store writes e to Redis while owner holds the lease, releases the lease
+// and wakes the fleet's waiters; the caller has put e in the local cache. A
+// Redis failure here loses nothing the caller needs: the token is still
+// returned.
+func (c *Cache) store(ctx context.Context, keys redisKeys, owner string, e entry) {
 	ttl := e.Until.Sub(c.opts.Now())
 	if ttl < time.Millisecond {
 		c.releaseLease(ctx, keys, owner)
 		return
 	}
 	c.runAndWake(ctx, keys.value, storeScript, []string{keys.value, keys.lease(), keys.backoff(), keys.waiters()},
-		c.encode(keys.value, e), ttl.Milliseconds(), owner, c.events.channel, c.events.message(keys.value))
+		c.encode(keys.value, e), ttl.Milliseconds(), owner)
 }
 
 // releaseLease releases the lease if owner holds it, and wakes the fleet's
 // waiters, so that one of them fetches at once.
 func (c *Cache) releaseLease(ctx context.Context, keys redisKeys, owner string) {
-	c.runAndWake(ctx, keys.value, releaseScript, []string{keys.lease(), keys.waiters()},
-		owner, c.events.channel, c.events.message(keys.value))
+	c.runAndWake(ctx, keys.value, releaseScript, []string{keys.lease(), keys.waiters()}, owner)
 }
 
 // runAndWake runs a script that wakes the waiters of key elsewhere in the
-// fleet, and wakes those in this process. It runs even when ctx has ended,
-// within the client's timeouts: it finishes a fetch already paid for.
+// fleet, and wakes those in this process. The pub/sub channel and message
+// follow args as the script's last two arguments. It runs even when ctx has
+// ended, within the client's timeouts: it finishes a fetch already paid for.
 func (c *Cache) runAndWake(ctx context.Context, key string, script *redis.Script, keys []string, args ...any) {
+	args = append(args, c.events.channel, c.events.message(key))
 	_ = script.Run(context.WithoutCancel(ctx), c.rdb, keys, args...).Err() // failures are tolerated, see store
 	c.events.notify(key)
 }
@@ -218,7 +218,7 @@ func (c *Cache) runAndWake(ctx context.Context, key string, script *redis.Script
 // failed refreshes in a row, and releases the lease.
 func (c *Cache) backOff(ctx context.Context, keys redisKeys, owner string, failures int, wait time.Duration) {
 	c.runAndWake(ctx, keys.value, backoffScript, []string{keys.lease(), keys.backoff(), keys.waiters()},
-		owner, failures, (wait + backoffMemory).Milliseconds(), c.events.channel, c.events.message(keys.value))
+		owner, failures, (wait + backoffMemory).Milliseconds())
 }
 
 // leaseFor is how long a fill lease lasts without renewal: LeaseTTL, plus

@@ -98,11 +98,11 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 	c.metrics.refreshes.WithLabelValues("ok").Inc()
 	c.refreshGate.Invalidate(keys.value)
 	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}
+	c.localSetIf(keys.value, e, gen)
 	if !fleet {
-		c.localSetIf(keys.value, e, gen)
 		return
 	}
-	c.store(ctx, keys, owner, e, gen)
+	c.store(ctx, keys, owner, e)
 	// Other instances hold the old token: they drop it for the new one.
 	c.events.publish(ctx, c.rdb, keys.value)
 }
