@@ -204,10 +204,7 @@ func TestLeaseOverAnExpiredValueRechecksIt(t *testing.T) {
 	fleet := newFleet(t, rdb, up, 2, &opts)
 	a, b := fleet[0], fleet[1]
 	ctx := context.Background()
-	if _, _, err := a.Get(ctx, viewerKey); err != nil {
-		t.Fatal(err)
-	}
-	settle(a)
+	fetched(t, a)
 	clk.Add(6 * time.Hour) // expired, though Redis still holds it
 	var fresh Token
 	b.afterUntrustedRead = func() {

@@ -112,6 +112,28 @@ func getInBackground(c *Cache, k Key, timeout time.Duration) <-chan error {
 // reads Redis or asks another instance next.
 func settle(c *Cache) { c.storing.Wait() }
 
+// fetched has c fetch viewerKey's token and waits for its store: a token in
+// Redis and in c's local cache, to start a test from.
+func fetched(tb testing.TB, c *Cache) Token {
+	tb.Helper()
+	tok, _, err := c.Get(context.Background(), viewerKey)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	settle(c)
+	return tok
+}
+
+// goStale moves clk past refresh-after and asks c for viewerKey, which must
+// serve the stale token and start a refresh.
+func goStale(tb testing.TB, c *Cache, clk *clock) {
+	tb.Helper()
+	clk.Add(5*time.Hour + time.Minute)
+	if _, res, _ := c.Get(context.Background(), viewerKey); res != ResultStale {
+		tb.Fatalf("Get() past refresh-after = %v, want stale", res)
+	}
+}
+
 // clock is a settable clock for token ages.
 type clock struct {
 	mu  sync.Mutex

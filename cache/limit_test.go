@@ -210,8 +210,7 @@ func TestEveryKeyUnderThePrefix(t *testing.T) {
 	up := &fakeUpstream{}
 	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.Prefix = "acl:"; o.Now = clk.Now; o.RefreshBackoff = time.Minute }))
 	ctx := context.Background()
-	_, _, _ = c.Get(ctx, viewerKey)
-	settle(c)
+	fetched(t, c)
 	up.setErr(&polyv.APIError{Code: 500, Message: "fail"})
 	clk.Add(5*time.Hour + time.Minute)
 	_, _, _ = c.Get(ctx, viewerKey) // a failed refresh: a backoff key

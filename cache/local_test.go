@@ -38,8 +38,7 @@ func TestInvalidationReachesEveryInstance(t *testing.T) {
 		fleet := newFleet(t, rdb, up, 2, nil)
 		a, other := fleet[0], fleet[1]
 		ctx := context.Background()
-		first, _, _ := a.Get(ctx, viewerKey)
-		settle(a)
+		first := fetched(t, a)
 		if tok, res, _ := other.Get(ctx, viewerKey); res != ResultHitRedis || tok.Token != first.Token {
 			t.Fatalf("other.Get() = %v", res)
 		}
@@ -74,8 +73,7 @@ func TestRefreshInvalidatesOtherInstances(t *testing.T) {
 	fleet := newFleet(t, rdb, up, 2, &opts)
 	a, other := fleet[0], fleet[1]
 	ctx := context.Background()
-	first, _, _ := a.Get(ctx, viewerKey)
-	settle(a)
+	first := fetched(t, a)
 	_, _, _ = other.Get(ctx, viewerKey) // now in other's local cache
 	clk.Add(5*time.Hour + time.Minute)
 	_, _, _ = a.Get(ctx, viewerKey) // stale: a refreshes

@@ -18,16 +18,9 @@ func TestFailedRefreshNeverBlocksTheNextMiss(t *testing.T) {
 		opts := testOptions(func(o *Options) { o.Now = clk.Now; o.RefreshBackoff = time.Minute })
 		fleet := newFleet(t, rdb, up, 2, &opts)
 		ctx := context.Background()
-		if _, _, err := fleet[0].Get(ctx, viewerKey); err != nil {
-			t.Fatal(err)
-		}
-		settle(fleet[0])
-
+		fetched(t, fleet[0])
 		up.setErr(&polyv.APIError{Code: 500, Message: "fail"})
-		clk.Add(5*time.Hour + time.Minute)
-		if _, res, _ := fleet[0].Get(ctx, viewerKey); res != ResultStale {
-			t.Fatalf("Get() = %v, want stale", res)
-		}
+		goStale(t, fleet[0], clk)
 		eventually(t, "the failed refresh", func() bool { return up.calls.Load() == 2 })
 		keys := viewerKey.redisKeys("tc:")
 		eventually(t, "the fleet to back off", func() bool { return rdb.Exists(ctx, keys.backoff()).Val() == 1 })
@@ -59,8 +52,7 @@ func TestRefreshStopsWhenAnotherInstanceRefreshed(t *testing.T) {
 		opts := testOptions(func(o *Options) { o.Now = clk.Now; o.LocalSize = 0 })
 		fleet := newFleet(t, rdb, up, 2, &opts)
 		ctx := context.Background()
-		first, _, _ := fleet[0].Get(ctx, viewerKey)
-		settle(fleet[0])
+		first := fetched(t, fleet[0])
 
 		clk.Add(5*time.Hour + time.Minute)
 		keys := viewerKey.redisKeys("tc:")
@@ -83,10 +75,7 @@ func TestDeleteClearsEveryKeyOfTheIdentity(t *testing.T) {
 	opts := testOptions(func(o *Options) { o.Now = clk.Now; o.RefreshBackoff = time.Minute })
 	c := newCache(t, rdb, up, opts)
 	ctx := context.Background()
-	if _, _, err := c.Get(ctx, viewerKey); err != nil {
-		t.Fatal(err)
-	}
-	settle(c)
+	fetched(t, c)
 	up.setErr(&polyv.APIError{Code: 500, Message: "fail"})
 	clk.Add(5*time.Hour + time.Minute)
 	_, _, _ = c.Get(ctx, viewerKey)
@@ -112,10 +101,7 @@ func TestCloseEndsARefreshUnderWay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := c.Get(context.Background(), viewerKey); err != nil {
-		t.Fatal(err)
-	}
-	settle(c)
+	fetched(t, c)
 	up.mu.Lock()
 	up.delay = 20 * time.Second // honours ctx
 	up.mu.Unlock()
@@ -140,17 +126,11 @@ func TestFailedRefreshWakesTheWaiters(t *testing.T) {
 	fleet := newFleet(t, rdb, up, 2, &opts)
 	ctx := context.Background()
 	go func() { up.gate <- struct{}{} }()
-	if _, _, err := fleet[0].Get(ctx, viewerKey); err != nil {
-		t.Fatal(err)
-	}
-	settle(fleet[0])
+	fetched(t, fleet[0])
 
 	// The refresh starts and holds the lease while Polyv hangs.
 	up.setErr(&polyv.APIError{Code: 500, Message: "fail"})
-	clk.Add(5*time.Hour + time.Minute)
-	if _, res, _ := fleet[0].Get(ctx, viewerKey); res != ResultStale {
-		t.Fatalf("Get() = %v, want stale", res)
-	}
+	goStale(t, fleet[0], clk)
 	keys := viewerKey.redisKeys("tc:")
 	eventually(t, "the refresh to take the lease", func() bool { return rdb.Exists(ctx, keys.lease()).Val() == 1 })
 	// The token expires in Redis meanwhile, and another instance misses.
@@ -178,16 +158,8 @@ func TestDeleteDuringARefreshDropsItsToken(t *testing.T) {
 	a, b := fleet[0], fleet[1]
 	ctx := context.Background()
 	go func() { up.gate <- struct{}{} }()
-	first, _, err := a.Get(ctx, viewerKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	settle(a)
-
-	clk.Add(5*time.Hour + time.Minute)
-	if _, res, _ := a.Get(ctx, viewerKey); res != ResultStale {
-		t.Fatalf("Get() = %v, want stale", res)
-	}
+	first := fetched(t, a)
+	goStale(t, a, clk)
 	keys := viewerKey.redisKeys("tc:")
 	eventually(t, "the refresh to take the lease", func() bool { return rdb.Exists(ctx, keys.lease()).Val() == 1 })
 	if err := b.Delete(ctx, viewerKey); err != nil {

@@ -63,8 +63,7 @@ func TestFailedRefreshKeepsServingAndBacksOff(t *testing.T) {
 		opts := testOptions(func(o *Options) { o.Now = clk.Now; o.RefreshBackoff = 300 * time.Millisecond })
 		fleet := newFleet(t, rdb, up, 2, &opts)
 		ctx := context.Background()
-		first, _, _ := fleet[0].Get(ctx, viewerKey)
-		settle(fleet[0])
+		first := fetched(t, fleet[0])
 
 		up.setErr(&polyv.APIError{Code: 500, Message: "fail"})
 		clk.Add(5*time.Hour + time.Minute)
