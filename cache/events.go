@@ -2,6 +2,8 @@ package cache
 
 import (
 	"context"
+	"errors"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -28,10 +30,20 @@ func newEvents(self, channel string, drop func(string), dropAll func()) *events 
 	return &events{self: self, channel: channel, drop: drop, dropAll: dropAll, waiters: map[string]map[chan struct{}]struct{}{}}
 }
 
+// How the listener finds a subscription that died without an error (its
+// host left the network, say, while the other commands moved to a new
+// master): having heard nothing for pingEvery, it pings over the
+// subscription; having heard nothing, not even the pong, for silentAfter, it
+// subscribes again on a new connection, and the new subscription drops the
+// local cache. So 2 s after a Delete, no instance serves the deleted token.
+const (
+	pingEvery   = 400 * time.Millisecond
+	silentAfter = 3 * pingEvery
+)
+
 // start subscribes and dispatches messages until ctx ends. go-redis
-// resubscribes by itself after a connection drops, and says so with a
-// *redis.Subscription; a health-check ping every second finds a dead
-// connection that sent no error.
+// resubscribes by itself after a connection fails with an error; the
+// listener replaces a connection that went silent.
 func (ev *events) start(ctx context.Context, rdb rediser, bg *sync.WaitGroup) {
 	ps := rdb.Subscribe(ctx, ev.channel)
 	// Wait briefly for the subscription, so that messages sent right after
@@ -39,31 +51,61 @@ func (ev *events) start(ctx context.Context, rdb rediser, bg *sync.WaitGroup) {
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	_, _ = ps.Receive(rctx)
 	cancel()
-	msgs := ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(time.Second))
 	bg.Add(1)
 	go func() {
 		defer bg.Done()
-		defer ps.Close()
 		for {
-			select {
-			case <-ctx.Done():
+			stop := context.AfterFunc(ctx, func() { _ = ps.Close() }) // ends a read under way
+			ev.listen(ctx, ps)
+			stop()
+			_ = ps.Close()
+			if ctx.Err() != nil {
 				return
-			case m, ok := <-msgs:
-				if !ok {
-					return
-				}
-				switch m := m.(type) {
-				case *redis.Message:
-					ev.dispatch(m.Payload)
-				case *redis.Subscription:
-					if m.Kind == "subscribe" {
-						ev.dropAll()
-						ev.wakeAll()
-					}
-				}
 			}
+			ps = rdb.Subscribe(ctx, ev.channel)
 		}
 	}()
+}
+
+// listen dispatches ps's messages until ctx ends or ps goes silent.
+func (ev *events) listen(ctx context.Context, ps *redis.PubSub) {
+	heard := time.Now()
+	failed := false // the last receive failed other than by timing out
+	for {
+		msg, err := ps.ReceiveTimeout(ctx, pingEvery)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			if time.Since(heard) >= silentAfter {
+				return
+			}
+			var netErr net.Error
+			if errors.As(err, &netErr) && netErr.Timeout() {
+				_ = ps.Ping(ctx) // the pong comes back as a message
+				continue
+			}
+			if failed { // go-redis could not reconnect at once: do not spin
+				select {
+				case <-time.After(pingEvery / 4):
+				case <-ctx.Done():
+					return
+				}
+			}
+			failed = true
+			continue
+		}
+		heard, failed = time.Now(), false
+		switch m := msg.(type) {
+		case *redis.Message:
+			ev.dispatch(m.Payload)
+		case *redis.Subscription:
+			if m.Kind == "subscribe" {
+				ev.dropAll()
+				ev.wakeAll()
+			}
+		}
+	}
 }
 
 // publish tells the fleet that key changed. Failure is tolerated: waiters

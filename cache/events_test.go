@@ -49,6 +49,63 @@ func TestDeleteReachesAnInstanceWhosePubSubDropped(t *testing.T) {
 	}
 }
 
+// A pub/sub connection that goes silent without an error (its host left the
+// network, say, while the instance's other commands moved to a new master)
+// is found and replaced: 2 s after a Delete returns, the instance no longer
+// serves the deleted token.
+func TestDeleteReachesAnInstanceWhosePubSubWentSilent(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	proxy := redistest.StartProxy(t, srv.Addr)
+	up := &fakeUpstream{}
+	a := newCache(t, rdb, up, testOptions(nil))
+	b := newCache(t, subscribeVia{ownClient(t, rdb), (&redistest.Server{Addr: proxy.Addr}).Client(t)}, up, testOptions(nil))
+	ctx := context.Background()
+	deleted := fetched(t, a)
+	eventually(t, "b to serve the token from its local cache", func() bool {
+		tok, res, _ := b.Get(ctx, viewerKey)
+		return tok.Token == deleted.Token && res == ResultHitLocal
+	})
+	proxy.SilenceOpen()
+	if err := a.Delete(ctx, viewerKey); err != nil {
+		t.Fatal(err)
+	}
+	bound := time.Now().Add(2 * time.Second)
+	for {
+		tok, res, _ := b.Get(ctx, viewerKey)
+		if tok.Token != deleted.Token {
+			break
+		}
+		if time.Now().After(bound) {
+			t.Fatalf("2s after Delete, b still serves the deleted token (%v)", res)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A quiet subscription is kept: the pings prove it alive, so the local cache
+// is not dropped for want of messages.
+func TestQuietSubscriptionIsKept(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	c := newCache(t, rdb, &fakeUpstream{}, testOptions(nil))
+	fetched(t, c)
+	time.Sleep(3 * silentAfter)
+	if _, res, err := c.Get(context.Background(), viewerKey); err != nil || res != ResultHitLocal {
+		t.Fatalf("Get() after %v of quiet = %v, %v; want a local hit", 3*silentAfter, res, err)
+	}
+}
+
+// subscribeVia is an instance's Redis client whose pub/sub goes through
+// another client.
+type subscribeVia struct {
+	rediser
+	sub redis.UniversalClient
+}
+
+func (s subscribeVia) Subscribe(ctx context.Context, channels ...string) *redis.PubSub {
+	return s.sub.Subscribe(ctx, channels...)
+}
+
 // An instance waiting on another's fetch is woken by pub/sub when the token
 // is stored, long before its next poll; on Redis Cluster too, where the
 // store script publishes on one node.
