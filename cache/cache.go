@@ -264,7 +264,7 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 	c.fleetLimiter = redis_rate.NewLimiter(limiterKeys{rdb})
 
 	c.life, c.stop = context.WithCancel(context.Background())
-	c.events.start(c.life, rdb, &c.bg)
+	c.events.start(unguarded(c.life), rdb, &c.bg)
 	return c, nil
 }
 

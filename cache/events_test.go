@@ -59,7 +59,7 @@ func TestDeleteReachesAnInstanceWhosePubSubWentSilent(t *testing.T) {
 	proxy := redistest.StartProxy(t, srv.Addr)
 	up := &fakeUpstream{}
 	a := newCache(t, rdb, up, testOptions(nil))
-	b := newCache(t, subscribeVia{ownClient(t, rdb), (&redistest.Server{Addr: proxy.Addr}).Client(t)}, up, testOptions(nil))
+	b := newCache(t, subscribeVia{ownClient(t, rdb), proxy.Client(t)}, up, testOptions(nil))
 	ctx := context.Background()
 	deleted := fetched(t, a)
 	eventually(t, "b to serve the token from its local cache", func() bool {
@@ -80,6 +80,58 @@ func TestDeleteReachesAnInstanceWhosePubSubWentSilent(t *testing.T) {
 			t.Fatalf("2s after Delete, b still serves the deleted token (%v)", res)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// When every connection of an instance goes silent (the Redis host it
+// reached left the network), its commands time out and open its circuit,
+// and its subscription is replaced all the same: the open circuit must not
+// hold the new one back, or the instance serves deleted tokens from its
+// local cache until the circuit closes.
+func TestDeleteReachesAnInstanceWhoseConnectionsWentSilent(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	proxy := redistest.StartProxy(t, srv.Addr)
+	up := &fakeUpstream{}
+	a := newCache(t, rdb, up, testOptions(nil))
+	b := newCache(t, proxy.Client(t), up, testOptions(func(o *Options) { o.BreakerOpenFor = 3 * time.Second }))
+	ctx := context.Background()
+	for i := range 1 {
+		k := Key{ChannelID: "c", UserID: fmt.Sprint("silenced-", i), Role: "viewer"}
+		deleted, _, err := a.Get(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		settle(a)
+		eventually(t, "b's circuit to let a probe through", func() bool { return b.RedisCircuit() != "open" })
+		if tok, _, err := b.Get(ctx, k); err != nil || tok.Token != deleted.Token {
+			t.Fatalf("round %d: b.Get() = %q, %v; want a's token", i, tok.Token, err)
+		}
+		misses := func(round string) { // Redis commands in parallel, on as many connections
+			hammer(20, func(j int) {
+				_, _, _ = b.Get(ctx, Key{ChannelID: "c", UserID: fmt.Sprint(round, i, "-", j), Role: "viewer"})
+			})
+		}
+		misses("before-")
+		proxy.SilenceOpen()
+		if err := a.Delete(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		bound := time.Now().Add(2 * time.Second)
+		misses("after-") // they time out on the silenced connections, and open b's circuit
+		if b.RedisCircuit() != "open" {
+			t.Fatalf("round %d: b's circuit is %s; the test means it open", i, b.RedisCircuit())
+		}
+		for {
+			tok, res, _ := b.Get(ctx, k)
+			if tok.Token != deleted.Token {
+				break
+			}
+			if time.Now().After(bound) {
+				t.Fatalf("round %d: 2s after Delete, b still serves the deleted token (%v; circuit %s)", i, res, b.RedisCircuit())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }
 

@@ -91,11 +91,19 @@ func (h breakerHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	}
 }
 
-// insideBreaker marks a context already guarded: go-redis sends a new
-// connection's handshake (HELLO) inside the command that needs it, and a
-// second pass through a half-open breaker would fail the very probe that
-// should close it.
+// insideBreaker marks a context whose commands skip the breaker. A guarded
+// command's context has it: go-redis sends a new connection's handshake
+// (HELLO) inside the command that needs it, and a second pass through a
+// half-open breaker would fail the very probe that should close it.
 type insideBreaker struct{}
+
+// unguarded returns ctx with its commands off the breaker, for background
+// work that must reach Redis as soon as it answers: the pub/sub listener,
+// whose new subscription an open circuit would otherwise hold back, the
+// local cache serving deleted tokens meanwhile.
+func unguarded(ctx context.Context) context.Context {
+	return context.WithValue(ctx, insideBreaker{}, true)
+}
 
 // errCallerGone marks, for the breaker only, a command that failed while its
 // caller's context was done: the caller's deadline, not Redis, ended it.

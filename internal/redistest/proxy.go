@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Proxy forwards TCP connections to a server. It can silence the
@@ -39,6 +41,13 @@ func StartProxy(tb testing.TB, target string) *Proxy {
 	go p.accept()
 	tb.Cleanup(p.close)
 	return p
+}
+
+// Client returns a client whose connections go through the proxy, built as
+// Server.Client builds its own, closed at cleanup.
+func (p *Proxy) Client(tb testing.TB) redis.UniversalClient {
+	tb.Helper()
+	return clientOf(tb, p.Addr)
 }
 
 // SilenceOpen silences every connection open now.

@@ -123,7 +123,12 @@ func (s *Server) Restart(tb testing.TB) {
 // (redisconn.Open), closed at cleanup.
 func (s *Server) Client(tb testing.TB) redis.UniversalClient {
 	tb.Helper()
-	c, err := redisconn.Open(redisconn.Options{URL: "redis://" + s.Addr})
+	return clientOf(tb, s.Addr)
+}
+
+func clientOf(tb testing.TB, addr string) redis.UniversalClient {
+	tb.Helper()
+	c, err := redisconn.Open(redisconn.Options{URL: "redis://" + addr})
 	if err != nil {
 		tb.Fatal(err)
 	}
