@@ -200,6 +200,7 @@ func TestRandomFaults(t *testing.T) {
 	faultBudget(t)
 	outer := t
 	srv := redistest.Start(t)
+	subs := redistest.StartProxy(t, srv.Addr) // the instances' pub/sub goes through it
 	rapid.Check(t, func(rt *rapid.T) {
 		if srv.Killed() {
 			srv.Restart(t)
@@ -221,7 +222,7 @@ func TestRandomFaults(t *testing.T) {
 		})
 		w.allowAll(1)
 		for range 3 {
-			c, err := New(ownClient(t, admin), w.up, w.opts)
+			c, err := New(subscribeVia{ownClient(t, admin), subs.Client(t)}, w.up, w.opts)
 			if err != nil {
 				rt.Fatal(err)
 			}
@@ -292,6 +293,9 @@ func TestRandomFaults(t *testing.T) {
 					t.Skip("Redis is down")
 				}
 				_ = w.admin.Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err()
+			},
+			"silence pub/sub connections": func(t *rapid.T) {
+				subs.SilenceOpen() // as when their host leaves the network: no error, nothing more
 			},
 			"kill Redis": func(t *rapid.T) {
 				if !w.redisUp {

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/tokencache/tokencache/internal/redistest"
 )
 
 // tokenCall sends one chat-token request for user to node and returns the
@@ -29,25 +29,23 @@ func tokenCall(method, node, user string) (string, error) {
 	return body.Token, nil
 }
 
-// deleteRounds deletes a token 10 times, each time right after killing the
-// pub/sub connections, and returns the longest time the other instance went
-// on serving it.
-func deleteRounds(s *stack, admin interface {
-	Do(ctx context.Context, args ...any) *redis.Cmd
-}) (time.Duration, error) {
+// deleteRounds deletes a token 10 times on the first instance, each time
+// right after disturb, and returns the longest time the second went on
+// serving it. The token is the second instance's: it holds it in its local
+// cache, whether it read it from Redis or, with its circuit open after an
+// earlier round, fetched it on its own.
+func deleteRounds(s *stack, disturb func() error) (time.Duration, error) {
 	var slowest time.Duration
 	for i := range 10 {
 		user := fmt.Sprint("deleted-", i)
-		old, err := tokenCall(http.MethodGet, s.nodes[0].URL, user)
+		old, err := tokenCall(http.MethodGet, s.nodes[1].URL, user)
+		if err == nil && old == "" {
+			err = fmt.Errorf("round %d: the other instance served no token", i)
+		}
 		if err != nil {
 			return 0, err
 		}
-		for seen := ""; seen != old; time.Sleep(20 * time.Millisecond) {
-			if seen, err = tokenCall(http.MethodGet, s.nodes[1].URL, user); err != nil {
-				return 0, err
-			}
-		}
-		if err := admin.Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+		if err := disturb(); err != nil {
 			return 0, err
 		}
 		if _, err := tokenCall(http.MethodDelete, s.nodes[0].URL, user); err != nil {
@@ -82,7 +80,9 @@ func TestDrillPubSubKilled(t *testing.T) {
 	rounds := make(chan outcome, 1)
 	admin := s.redis.Client(t)
 	go func() {
-		slowest, err := deleteRounds(s, admin)
+		slowest, err := deleteRounds(s, func() error {
+			return admin.Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err()
+		})
 		rounds <- outcome{slowest, err}
 	}()
 	r := attack(t, s, s.targets(), "-rate", "200", "-duration", phase(4*time.Second, 10*time.Second).String(), "-miss-ratio", "0.1")
@@ -92,6 +92,29 @@ func TestDrillPubSubKilled(t *testing.T) {
 	}
 	only200(t, "pub/sub killed before each of 10 deletes", r)
 	dr.record("pub/sub killed before each of 10 deletes", r, fmt.Sprintf("(deleted token gone everywhere within %v)", o.slowest.Round(time.Millisecond)))
+}
+
+func TestDrillRedisConnectionsSilenced(t *testing.T) {
+	dr := newDrill(t, "Under load, every open Redis connection of the second instance goes silent (a proxy drops what they carry, with no error, as when the Redis host it reached vanished) right before each of 10 deletes on the first. Its commands time out and go to new connections; its subscription, silent too, is replaced once nothing, not even a pong, has come for 1.2 s. Bound: every request answered 200, and 2 s after a DELETE returns 204, the second instance no longer serves the deleted token.")
+	s := &stack{redis: redistest.Start(t), sim: startSim(t, "-latency", "10ms")}
+	proxy := redistest.StartProxy(t, s.redis.Addr)
+	s.nodes = []*proc{startTokencache(t, s.redis.Addr, s.sim.URL), startTokencache(t, proxy.Addr, s.sim.URL)}
+	type outcome struct {
+		slowest time.Duration
+		err     error
+	}
+	rounds := make(chan outcome, 1)
+	go func() {
+		slowest, err := deleteRounds(s, func() error { proxy.SilenceOpen(); return nil })
+		rounds <- outcome{slowest, err}
+	}()
+	r := attack(t, s, s.targets(), "-rate", "200", "-duration", phase(8*time.Second, 20*time.Second).String(), "-miss-ratio", "0.1")
+	o := <-rounds
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	only200(t, "second instance's Redis connections silenced before each of 10 deletes", r)
+	dr.record("connections silenced before each of 10 deletes", r, fmt.Sprintf("(deleted token gone everywhere within %v)", o.slowest.Round(time.Millisecond)))
 }
 
 func TestDrillRedisStalled(t *testing.T) {
