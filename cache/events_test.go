@@ -138,13 +138,15 @@ func TestDeleteReachesAnInstanceWhoseConnectionsWentSilent(t *testing.T) {
 // A quiet subscription is kept: the pings prove it alive, so the local cache
 // is not dropped for want of messages.
 func TestQuietSubscriptionIsKept(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
-	c := newCache(t, rdb, &fakeUpstream{}, testOptions(nil))
-	fetched(t, c)
-	time.Sleep(3 * silentAfter)
-	if _, res, err := c.Get(context.Background(), viewerKey); err != nil || res != ResultHitLocal {
-		t.Fatalf("Get() after %v of quiet = %v, %v; want a local hit", 3*silentAfter, res, err)
-	}
+	eachBackend(t, func(t *testing.T, b backend) { // miniredis is the embedded Redis
+		rdb, _ := b.open(t)
+		c := newCache(t, rdb, &fakeUpstream{}, testOptions(nil))
+		fetched(t, c)
+		time.Sleep(3 * silentAfter)
+		if _, res, err := c.Get(context.Background(), viewerKey); err != nil || res != ResultHitLocal {
+			t.Fatalf("Get() after %v of quiet = %v, %v; want a local hit", 3*silentAfter, res, err)
+		}
+	})
 }
 
 // subscribeVia is an instance's Redis client whose pub/sub goes through
