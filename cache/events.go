@@ -72,14 +72,15 @@ func (ev *events) listen(ctx context.Context, ps *redis.PubSub) {
 	heard := time.Now()
 	failed := false // the last receive failed other than by timing out
 	for {
-		msg, err := ps.ReceiveTimeout(ctx, pingEvery)
+		wait := min(pingEvery, silentAfter-time.Since(heard))
+		if wait <= 0 {
+			return
+		}
+		msg, err := ps.ReceiveTimeout(ctx, wait)
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
-			if time.Since(heard) >= silentAfter {
-				return
-			}
 			var netErr net.Error
 			if errors.As(err, &netErr) && netErr.Timeout() {
 				_ = ps.Ping(ctx) // the pong comes back as a message
