@@ -21,13 +21,14 @@ type events struct {
 	channel string
 	drop    func(key string)
 	dropAll func()
+	metrics *Metrics
 
 	mu      sync.Mutex
 	waiters map[string]map[chan struct{}]struct{}
 }
 
-func newEvents(self, channel string, drop func(string), dropAll func()) *events {
-	return &events{self: self, channel: channel, drop: drop, dropAll: dropAll, waiters: map[string]map[chan struct{}]struct{}{}}
+func newEvents(self, channel string, drop func(string), dropAll func(), m *Metrics) *events {
+	return &events{self: self, channel: channel, drop: drop, dropAll: dropAll, metrics: m, waiters: map[string]map[chan struct{}]struct{}{}}
 }
 
 // How the listener finds a subscription that died without an error (its
@@ -74,6 +75,7 @@ func (ev *events) listen(ctx context.Context, ps *redis.PubSub) {
 	for {
 		wait := min(pingEvery, silentAfter-time.Since(heard))
 		if wait <= 0 {
+			ev.metrics.pubsubSilent.Inc()
 			return
 		}
 		msg, err := ps.ReceiveTimeout(ctx, wait)
@@ -102,6 +104,7 @@ func (ev *events) listen(ctx context.Context, ps *redis.PubSub) {
 			ev.dispatch(m.Payload)
 		case *redis.Subscription:
 			if m.Kind == "subscribe" {
+				ev.metrics.localDropped.Inc()
 				ev.dropAll()
 				ev.wakeAll()
 			}

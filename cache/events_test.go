@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 	"github.com/tokencache/tokencache/internal/redistest"
 )
@@ -81,6 +82,9 @@ func TestDeleteReachesAnInstanceWhosePubSubWentSilent(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	if silent, dropped := testutil.ToFloat64(b.metrics.pubsubSilent), testutil.ToFloat64(b.metrics.localDropped); silent != 1 || dropped != 1 {
+		t.Errorf("pubsub_silent_total = %v, local_cache_dropped_total = %v; want 1 and 1", silent, dropped)
+	}
 }
 
 // When every connection of an instance goes silent (the Redis host it
@@ -145,6 +149,9 @@ func TestQuietSubscriptionIsKept(t *testing.T) {
 		time.Sleep(3 * silentAfter)
 		if _, res, err := c.Get(context.Background(), viewerKey); err != nil || res != ResultHitLocal {
 			t.Fatalf("Get() after %v of quiet = %v, %v; want a local hit", 3*silentAfter, res, err)
+		}
+		if silent, dropped := testutil.ToFloat64(c.metrics.pubsubSilent), testutil.ToFloat64(c.metrics.localDropped); silent != 0 || dropped != 0 {
+			t.Errorf("pubsub_silent_total = %v, local_cache_dropped_total = %v; want 0 and 0", silent, dropped)
 		}
 	})
 }

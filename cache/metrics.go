@@ -32,6 +32,8 @@ type Metrics struct {
 	refreshes        *prometheus.CounterVec
 	unopenable       prometheus.Counter
 	rateLimit        prometheus.Gauge
+	localDropped     prometheus.Counter
+	pubsubSilent     prometheus.Counter
 
 	// Children resolved once, so the hit path does no label lookup.
 	byResult map[Result]prometheus.Counter
@@ -69,6 +71,12 @@ func NewMetrics() *Metrics {
 		rateLimit: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tokencache_polyv_rate_limit", Help: "The fleet-wide Polyv calls per second allowed (POLYV_RATE_LIMIT), to compare the call rate with.",
 		}),
+		localDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokencache_local_cache_dropped_total", Help: "Times the whole local cache was dropped: each time the pub/sub subscription was made again, since invalidations may have been lost meanwhile.",
+		}),
+		pubsubSilent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokencache_pubsub_silent_total", Help: "Pub/sub connections replaced after 1.2 s with no message and no answer to a ping.",
+		}),
 		byResult: map[Result]prometheus.Counter{},
 	}
 	for _, r := range allResults {
@@ -79,7 +87,7 @@ func NewMetrics() *Metrics {
 
 // Collectors returns every collector, for prometheus.Registerer.MustRegister.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.results, m.upstreamRequests, m.upstreamDuration, m.leaseWait, m.redisErrors, m.redisCircuitOpen, m.refreshes, m.unopenable, m.rateLimit}
+	return []prometheus.Collector{m.results, m.upstreamRequests, m.upstreamDuration, m.leaseWait, m.redisErrors, m.redisCircuitOpen, m.refreshes, m.unopenable, m.rateLimit, m.localDropped, m.pubsubSilent}
 }
 
 func (m *Metrics) result(r Result) { m.byResult[r].Inc() }
