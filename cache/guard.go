@@ -75,7 +75,9 @@ func (h breakerHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 			return next(ctx, cmd) // a handshake inside a guarded command
 		}
 		ctx = context.WithValue(ctx, insideBreaker{}, true)
-		return h.guard(ctx, func() error { return next(ctx, cmd) })
+		err := h.guard(ctx, func() error { return next(ctx, cmd) })
+		h.countRefused(err) // go-redis sets cmd's error only after its hooks
+		return err
 	}
 }
 
@@ -87,7 +89,23 @@ func (h breakerHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 			return next(ctx, cmds)
 		}
 		ctx = context.WithValue(ctx, insideBreaker{}, true)
-		return h.guard(ctx, func() error { return next(ctx, cmds) })
+		err := h.guard(ctx, func() error { return next(ctx, cmds) })
+		for _, cmd := range cmds {
+			h.countRefused(cmd.Err())
+		}
+		return err
+	}
+}
+
+// countRefused counts err if Redis refused a command with an error reply,
+// other than a miss or a script to send again (NOSCRIPT): a write refused at
+// maxmemory, a replica's READONLY, an ACL's NOPERM. Redis answers, so the
+// circuit stays closed, and without Redis's writes each instance fetches on
+// its own: this count is where an operator sees it.
+func (h breakerHook) countRefused(err error) {
+	var reply redis.Error
+	if err != nil && errors.As(err, &reply) && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
+		h.metrics.redisErrors.Inc()
 	}
 }
 

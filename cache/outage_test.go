@@ -190,3 +190,30 @@ func TestRateLimitIsExported(t *testing.T) {
 		t.Errorf("tokencache_polyv_rate_limit = %v, want 150", got)
 	}
 }
+
+// A Redis at maxmemory that refuses writes (noeviction) takes no lease: each
+// instance fetches on its own, as when Redis is down, and every request is
+// still answered. Redis still replies, so the circuit stays closed; each
+// refused command is counted instead, for the operator to see.
+func TestRedisRefusingWritesIsCounted(t *testing.T) {
+	rdb := redistest.Start(t, "--maxmemory-policy", "noeviction").Client(t)
+	ctx := context.Background()
+	if err := rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil { // far below what Redis uses empty
+		t.Fatal(err)
+	}
+	if err := rdb.Set(ctx, "probe", "x", 0).Err(); err == nil {
+		t.Fatal("Redis took a write over maxmemory")
+	}
+	up := &fakeUpstream{}
+	c := newCache(t, rdb, up, testOptions(nil))
+	if _, res, err := c.Get(ctx, viewerKey); err != nil || res != ResultMiss {
+		t.Fatalf("Get() = %v, %v; want a token fetched on its own", res, err)
+	}
+	settle(c)
+	if got := testutil.ToFloat64(c.metrics.redisErrors); got < 1 {
+		t.Errorf("tokencache_redis_errors_total = %v; want the refused writes counted", got)
+	}
+	if got := c.RedisCircuit(); got != "closed" {
+		t.Errorf("circuit = %s; Redis answers, so it should stay closed", got)
+	}
+}
