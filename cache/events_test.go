@@ -36,17 +36,7 @@ func TestDeleteReachesAnInstanceWhosePubSubDropped(t *testing.T) {
 		if err := a.Delete(ctx, viewerKey); err != nil {
 			t.Fatal(err)
 		}
-		bound := time.Now().Add(2 * time.Second)
-		for {
-			tok, res, _ := b.Get(ctx, viewerKey)
-			if tok.Token != deleted.Token {
-				break
-			}
-			if time.Now().After(bound) {
-				t.Fatalf("round %d: 2s after Delete, b still serves the deleted token (%v)", i, res)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		goneWithin2s(t, b, viewerKey, deleted.Token, time.Now(), fmt.Sprintf("round %d: ", i))
 	}
 }
 
@@ -71,17 +61,7 @@ func TestDeleteReachesAnInstanceWhosePubSubWentSilent(t *testing.T) {
 	if err := a.Delete(ctx, viewerKey); err != nil {
 		t.Fatal(err)
 	}
-	bound := time.Now().Add(2 * time.Second)
-	for {
-		tok, res, _ := b.Get(ctx, viewerKey)
-		if tok.Token != deleted.Token {
-			break
-		}
-		if time.Now().After(bound) {
-			t.Fatalf("2s after Delete, b still serves the deleted token (%v)", res)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	goneWithin2s(t, b, viewerKey, deleted.Token, time.Now(), "")
 	if silent, dropped := testutil.ToFloat64(b.metrics.pubsubSilent), testutil.ToFloat64(b.metrics.localDropped); silent != 1 || dropped != 1 {
 		t.Errorf("pubsub_silent_total = %v, local_cache_dropped_total = %v; want 1 and 1", silent, dropped)
 	}
@@ -121,21 +101,12 @@ func TestDeleteReachesAnInstanceWhoseConnectionsWentSilent(t *testing.T) {
 		if err := a.Delete(ctx, k); err != nil {
 			t.Fatal(err)
 		}
-		bound := time.Now().Add(2 * time.Second)
+		deletedAt := time.Now()
 		misses("after-") // they time out on the silenced connections, and open b's circuit
 		if b.RedisCircuit() != "open" {
 			t.Fatalf("round %d: b's circuit is %s; the test means it open", i, b.RedisCircuit())
 		}
-		for {
-			tok, res, _ := b.Get(ctx, k)
-			if tok.Token != deleted.Token {
-				break
-			}
-			if time.Now().After(bound) {
-				t.Fatalf("round %d: 2s after Delete, b still serves the deleted token (%v; circuit %s)", i, res, b.RedisCircuit())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		goneWithin2s(t, b, k, deleted.Token, deletedAt, fmt.Sprintf("round %d: ", i))
 	}
 }
 
@@ -154,6 +125,23 @@ func TestQuietSubscriptionIsKept(t *testing.T) {
 			t.Errorf("pubsub_silent_total = %v, local_cache_dropped_total = %v; want 0 and 0", silent, dropped)
 		}
 	})
+}
+
+// goneWithin2s fails t unless c stops serving the deleted token of k within
+// 2 s of deletedAt, when the Delete returned.
+func goneWithin2s(t *testing.T, c *Cache, k Key, deleted string, deletedAt time.Time, round string) {
+	t.Helper()
+	bound := deletedAt.Add(2 * time.Second)
+	for {
+		tok, res, _ := c.Get(context.Background(), k)
+		if tok.Token != deleted {
+			return
+		}
+		if time.Now().After(bound) {
+			t.Fatalf("%s2s after Delete, the instance still serves the deleted token (%v; circuit %s)", round, res, c.RedisCircuit())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // subscribeVia is an instance's Redis client whose pub/sub goes through

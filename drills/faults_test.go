@@ -73,25 +73,33 @@ func deleteRounds(s *stack, disturb func() error) (time.Duration, error) {
 func TestDrillPubSubKilled(t *testing.T) {
 	dr := newDrill(t, "Under load, the instances' pub/sub connections are killed (`CLIENT KILL TYPE pubsub`) right before each of 10 deletes. An instance drops its local cache whenever it subscribes again. Bound: 2 s after a DELETE returns 204, no instance serves the deleted token.")
 	s := newStack(t, 2, "-latency", "10ms")
+	admin := s.redis.Client(t)
+	deletesUnderLoad(t, dr, s, "pub/sub killed before each of 10 deletes", phase(4*time.Second, 10*time.Second), func() error {
+		return admin.Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err()
+	})
+}
+
+// deletesUnderLoad runs deleteRounds beside a load of 200 requests/s for d,
+// and records the phase: every request answered 200, every deleted token gone
+// within 2 s.
+func deletesUnderLoad(t *testing.T, dr *drill, s *stack, name string, d time.Duration, disturb func() error) {
+	t.Helper()
 	type outcome struct {
 		slowest time.Duration
 		err     error
 	}
 	rounds := make(chan outcome, 1)
-	admin := s.redis.Client(t)
 	go func() {
-		slowest, err := deleteRounds(s, func() error {
-			return admin.Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err()
-		})
+		slowest, err := deleteRounds(s, disturb)
 		rounds <- outcome{slowest, err}
 	}()
-	r := attack(t, s, s.targets(), "-rate", "200", "-duration", phase(4*time.Second, 10*time.Second).String(), "-miss-ratio", "0.1")
+	r := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String(), "-miss-ratio", "0.1")
 	o := <-rounds
 	if o.err != nil {
 		t.Fatal(o.err)
 	}
-	only200(t, "pub/sub killed before each of 10 deletes", r)
-	dr.record("pub/sub killed before each of 10 deletes", r, fmt.Sprintf("(deleted token gone everywhere within %v)", o.slowest.Round(time.Millisecond)))
+	only200(t, name, r)
+	dr.record(name, r, fmt.Sprintf("(deleted token gone everywhere within %v)", o.slowest.Round(time.Millisecond)))
 }
 
 func TestDrillRedisConnectionsSilenced(t *testing.T) {
@@ -99,22 +107,10 @@ func TestDrillRedisConnectionsSilenced(t *testing.T) {
 	s := &stack{redis: redistest.Start(t), sim: startSim(t, "-latency", "10ms")}
 	proxy := redistest.StartProxy(t, s.redis.Addr)
 	s.nodes = []*proc{startTokencache(t, s.redis.Addr, s.sim.URL), startTokencache(t, proxy.Addr, s.sim.URL)}
-	type outcome struct {
-		slowest time.Duration
-		err     error
-	}
-	rounds := make(chan outcome, 1)
-	go func() {
-		slowest, err := deleteRounds(s, func() error { proxy.SilenceOpen(); return nil })
-		rounds <- outcome{slowest, err}
-	}()
-	r := attack(t, s, s.targets(), "-rate", "200", "-duration", phase(8*time.Second, 20*time.Second).String(), "-miss-ratio", "0.1")
-	o := <-rounds
-	if o.err != nil {
-		t.Fatal(o.err)
-	}
-	only200(t, "second instance's Redis connections silenced before each of 10 deletes", r)
-	dr.record("connections silenced before each of 10 deletes", r, fmt.Sprintf("(deleted token gone everywhere within %v)", o.slowest.Round(time.Millisecond)))
+	deletesUnderLoad(t, dr, s, "connections silenced before each of 10 deletes", phase(8*time.Second, 20*time.Second), func() error {
+		proxy.SilenceOpen()
+		return nil
+	})
 }
 
 func TestDrillRedisStalled(t *testing.T) {
