@@ -329,6 +329,23 @@ func TestRandomFaults(t *testing.T) {
 				time.Sleep(time.Duration(rapid.IntRange(10, 300).Draw(t, "ms")) * time.Millisecond)
 			},
 		}
+		if os.Getenv("DRILLS_LONG") != "" { // 2 s a draw: the long form only
+			actions["silence pub/sub, delete, wait out the bound"] = func(t *rapid.T) {
+				if !w.redisUp {
+					t.Skip("Redis is down")
+				}
+				u := user.Draw(t, "user")
+				for _, c := range w.fleet { // each holds a token of u, likely in its local cache
+					w.get(t, c, u, 3*time.Second)
+				}
+				subs.SilenceOpen()
+				w.delete(instance.Draw(t, "instance"), u)
+				time.Sleep(2*time.Second + 100*time.Millisecond)
+				for _, c := range w.fleet {
+					w.get(t, c, u, 3*time.Second)
+				}
+			}
+		}
 		for name, act := range actions {
 			actions[name] = func(t *rapid.T) { w.record("%s", name); act(t) }
 		}
