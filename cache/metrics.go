@@ -1,6 +1,8 @@
 package cache
 
 import (
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -75,7 +77,7 @@ func NewMetrics() *Metrics {
 			Name: "tokencache_local_cache_dropped_total", Help: "Times the whole local cache was dropped: each time the pub/sub subscription was made again, since invalidations may have been lost meanwhile.",
 		}),
 		pubsubSilent: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tokencache_pubsub_silent_total", Help: "Pub/sub connections replaced after 1.2 s with no message and no answer to a ping.",
+			Name: "tokencache_pubsub_silent_total", Help: fmt.Sprintf("Pub/sub connections replaced after %v with no message and no answer to a ping.", silentAfter),
 		}),
 		byResult: map[Result]prometheus.Counter{},
 	}
