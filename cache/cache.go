@@ -17,12 +17,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/go-redis/redis_rate/v10"
 	"github.com/maypok86/otter/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/tokencache/tokencache/budget"
 	"github.com/tokencache/tokencache/polyv"
 )
 
@@ -91,6 +91,16 @@ type Options struct {
 	// BreakerOpenFor is how long the open circuit skips Redis before it
 	// probes again; it defaults to 5s.
 	BreakerOpenFor time.Duration
+	// Cooldown is the first fleet-wide pause after Polyv's rate-limit
+	// reply, doubled while the probe at its end is refused (at most 5m); it
+	// defaults to 10s.
+	Cooldown time.Duration
+	// OnCooldown, if set, is told when this instance sees the fleet enter a
+	// Polyv cool-down (for how long) and leave it (0).
+	OnCooldown func(left time.Duration)
+	// DeleteRate is the Deletes per second one caller may make, fleet-wide:
+	// each forces a refetch. It defaults to 10.
+	DeleteRate int
 	// OnCircuitChange, if set, is told each time the Redis circuit breaker
 	// changes state: "closed", "open" or "half-open".
 	OnCircuitChange func(from, to string)
@@ -116,6 +126,8 @@ const (
 	DefaultLocalSize    = 100000
 	DefaultRateLimit    = 100
 	DefaultBulkShare    = 0.5
+	DefaultCooldown     = budget.DefaultCooldown
+	DefaultDeleteRate   = budget.DefaultDeleteRate
 )
 
 // setDefaults fills every zero setting but LocalSize, whose zero means off.
@@ -142,6 +154,10 @@ func (o *Options) setDefaults() {
 	}
 	if o.BulkShare == 0 {
 		o.BulkShare = DefaultBulkShare
+	}
+	def(&o.Cooldown, DefaultCooldown)
+	if o.DeleteRate == 0 {
+		o.DeleteRate = DefaultDeleteRate
 	}
 	if o.BreakerFailures == 0 {
 		o.BreakerFailures = 5
@@ -178,6 +194,8 @@ func (o Options) Validate() error {
 	check(o.LocalSize >= 0, "LocalSize", o.LocalSize, "must be 0 (off) or more")
 	check(o.RateLimit > 0, "RateLimit", o.RateLimit, "must be positive")
 	check(o.BulkShare > 0 && o.BulkShare <= 1, "BulkShare", o.BulkShare, "must be above 0 and at most 1")
+	check(o.Cooldown > 0 && o.Cooldown <= budget.MaxCooldown, "Cooldown", o.Cooldown, fmt.Sprintf("must be positive and at most %v", budget.MaxCooldown))
+	check(o.DeleteRate > 0, "DeleteRate", o.DeleteRate, "must be positive")
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -202,13 +220,11 @@ type Cache struct {
 	refreshGate *otter.Cache[string, refreshState]
 	group       singleflight.Group
 
-	fleetLimiter *redis_rate.Limiter
-	global       *slotQueue // every fetch
-	bulk         *slotQueue // bulk items: BulkShare of RateLimit
-	queues       sync.Map   // per-caller limits: name@rate -> *slotQueue
-	queued       sync.Map   // value key -> *byte: a fetch of it waits for a slot now
-	breaker      *gobreaker.CircuitBreaker[struct{}]
-	polyvState   atomic.Value // string: the latest Polyv call's outcome
+	sched      *budget.Scheduler
+	flights    flights       // this process's callers of each shared fill
+	channels   channelProbes // one call at a time for a channel not yet seen working
+	breaker    *gobreaker.CircuitBreaker[struct{}]
+	polyvState atomic.Value // string: the latest Polyv call's outcome
 
 	events *events
 
@@ -243,8 +259,6 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 		opts:     opts,
 		metrics:  opts.Metrics,
 		id:       randomID(),
-		global:   newSlotQueue(opts.Prefix+keyVersion+":upstream", opts.RateLimit),
-		bulk:     newSlotQueue(opts.Prefix+keyVersion+":upstream:bulk", max(1, int(float64(opts.RateLimit)*opts.BulkShare))),
 	}
 	var err error
 	if c.sealer, err = newSealer(opts.EncryptionKeys); err != nil {
@@ -261,7 +275,13 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 	// fails they are told at once, and fetch on their own.
 	c.breaker = newBreaker(opts, c.metrics, c.events.wakeAll)
 	rdb.AddHook(breakerHook{cb: c.breaker, metrics: c.metrics})
-	c.fleetLimiter = redis_rate.NewLimiter(limiterKeys{rdb})
+	c.sched = budget.New(rdb, budget.Options{
+		Prefix: opts.Prefix + keyVersion + ":upstream", Rate: opts.RateLimit, BulkShare: opts.BulkShare,
+		Cooldown: opts.Cooldown, DeleteRate: opts.DeleteRate, Fleet: c.redisUsable, OnCooldown: opts.OnCooldown,
+		Metrics: c.metrics.budget,
+	})
+	c.flights.m = map[string]*flight{}
+	c.channels = newChannelProbes()
 
 	c.life, c.stop = context.WithCancel(context.Background())
 	c.events.start(unguarded(c.life), rdb, &c.bg)
@@ -271,6 +291,7 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 // Close stops the background work and waits for it. It does not close rdb.
 func (c *Cache) Close() error {
 	c.stop()
+	c.sched.Close()
 	c.storing.Wait()
 	c.bg.Wait()
 	return nil
@@ -347,9 +368,15 @@ func (c *Cache) serve(k Key, keys redisKeys, e entry, hit Result) (Token, Result
 	return *e.Token, hit, nil
 }
 
-// Delete drops the token of k from Redis and from every instance's local cache.
+// Delete drops the token of k from Redis and from every instance's local
+// cache. Each caller has a budget of Deletes (Options.DeleteRate), since
+// each forces a refetch: over it, Delete returns *UnavailableError.
 func (c *Cache) Delete(ctx context.Context, k Key) error {
+	if err := c.sched.AllowDelete(ctx, CallerFrom(ctx).Name, c.redisUsable()); err != nil {
+		return err
+	}
 	keys := c.keysOf(k)
+	c.flights.forget(c, keys.value)
 	c.dropLocal(keys.value)
 	// The lease too: a fetch under way stores nothing (see storeScript).
 	if err := c.rdb.Del(ctx, keys.value, keys.backoff(), keys.lease()).Err(); err != nil {

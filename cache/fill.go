@@ -3,9 +3,11 @@ package cache
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
+	"github.com/tokencache/tokencache/budget"
 	"github.com/tokencache/tokencache/polyv"
 )
 
@@ -17,43 +19,42 @@ type fillResult struct {
 
 // fillShared merges this process's concurrent misses of k into one fill that
 // runs detached from any caller; each caller waits only as long as its ctx.
+// The fill waits for a Polyv slot while any of its callers here waits, and
+// no longer: a fill whose callers all left leaves the queue, and its lease.
 func (c *Cache) fillShared(ctx context.Context, k Key, keys redisKeys) (Token, Result, error) {
-	leader := false
-	detached := context.WithoutCancel(ctx)
-	ch := c.group.DoChan(keys.value, func() (v any, err error) {
-		leader = true
-		defer func() {
-			if p := recover(); p != nil {
-				err = fmt.Errorf("cache: fill panicked: %v", p)
+	for {
+		f, ch, leader := c.flights.join(ctx, c, k, keys)
+		var r singleflight.Result
+		select {
+		case <-ctx.Done():
+			queued := f.queued.Load()
+			c.flights.leave(f)
+			if queued && !errors.Is(ctx.Err(), context.Canceled) {
+				return Token{}, ResultError, &UnavailableError{Reason: budget.ReasonQueue, RetryAfter: c.sched.Drain() + c.sched.Interval()}
 			}
-		}()
-		fctx, cancel := context.WithTimeout(detached, c.opts.FillTimeout)
-		defer cancel()
-		return c.fill(fctx, k, keys)
-	})
-	select {
-	case <-ctx.Done():
-		if c.fillQueued(keys.value) {
-			return Token{}, ResultError, c.gaveUp(ctx, c.interval())
+			return Token{}, ResultError, ctx.Err()
+		case r = <-ch:
+			c.flights.leave(f)
 		}
-		return Token{}, ResultError, ctx.Err()
-	case r := <-ch:
+		if errors.Is(r.Err, errAbandoned) {
+			continue // joined a fill its callers had just left: start another
+		}
 		if r.Err != nil {
 			return Token{}, ResultError, r.Err
 		}
-		f := r.Val.(fillResult)
-		if f.entry.Rejected != nil {
+		fr := r.Val.(fillResult)
+		if fr.entry.Rejected != nil {
 			res := ResultNegative
-			if leader && f.result == ResultMiss {
+			if *leader && fr.result == ResultMiss {
 				res = ResultError
 			}
-			return Token{}, res, f.entry.Rejected.err()
+			return Token{}, res, fr.entry.Rejected.err()
 		}
-		res := f.result
-		if !leader {
+		res := fr.result
+		if !*leader {
 			res = ResultCoalesced
 		}
-		return *f.entry.Token, res, nil
+		return *fr.entry.Token, res, nil
 	}
 }
 
@@ -118,14 +119,21 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, er
 // wakes the waiters. A rejection is stored as a negative entry; any other
 // failure releases the lease so that a waiter can try.
 func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner string, gen uint64) (fillResult, error) {
-	stopRenew := c.renewLease(ctx, keys, owner)
+	stopRenew := c.renewLease(context.WithoutCancel(ctx), keys, owner)
 	defer stopRenew()
 
-	if err := c.waitSlot(ctx, keys.value, true); err != nil {
+	if err := c.queueForSlot(ctx, k); err != nil {
 		c.releaseLease(ctx, keys, owner)
 		return fillResult{}, err
 	}
-	tok, err := c.callUpstream(ctx, k)
+	// Paid for from here: the call and the store go on whoever waits.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FillTimeout)
+	defer cancel()
+	tok, rejected, err := c.callPolyv(ctx, k, true)
+	if rejected != nil {
+		c.releaseLease(ctx, keys, owner)
+		return fillResult{entry: *rejected, result: ResultNegative}, nil
+	}
 	if err != nil {
 		if e, ok := c.rejection(err); ok {
 			c.rememberChannelRejection(ctx, k, err, e, true)
@@ -156,10 +164,15 @@ func (c *Cache) storeAfterAnswer(ctx context.Context, keys redisKeys, owner stri
 // fillLocal fetches without Redis: per-process coalescing (the caller's
 // singleflight), the local rate limit and the local cache only.
 func (c *Cache) fillLocal(ctx context.Context, k Key, keys redisKeys, gen uint64) (fillResult, error) {
-	if err := c.waitSlot(ctx, keys.value, false); err != nil {
+	if err := c.queueForSlot(ctx, k); err != nil {
 		return fillResult{}, err
 	}
-	tok, err := c.callUpstream(ctx, k)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FillTimeout)
+	defer cancel()
+	tok, rejected, err := c.callPolyv(ctx, k, false)
+	if rejected != nil {
+		return fillResult{entry: *rejected, result: ResultNegative}, nil
+	}
 	if err != nil {
 		if e, ok := c.rejection(err); ok {
 			c.rememberChannelRejection(ctx, k, err, e, false)
@@ -184,76 +197,6 @@ func (c *Cache) rejection(err error) (entry, bool) {
 		Rejected: &rejection{Endpoint: apiErr.Endpoint, Code: apiErr.Code, Message: apiErr.Message},
 		Until:    c.opts.Now().Add(c.opts.NegativeTTL),
 	}, true
-}
-
-// callUpstream makes one Polyv call for k and records it. It gives up when
-// ctx ends even if the upstream does not, and turns a panic into an error, so
-// that no upstream fault can wedge a key.
-func (c *Cache) callUpstream(ctx context.Context, k Key) (Token, error) {
-	endpoint := polyv.EndpointChatToken
-	if k.Kind == KindChannel {
-		endpoint = polyv.EndpointChannelToken
-	}
-	type reply struct {
-		tok Token
-		err error
-	}
-	start := time.Now()
-	ch := make(chan reply, 1)
-	go func() {
-		defer func() {
-			if p := recover(); p != nil {
-				ch <- reply{err: fmt.Errorf("cache: upstream panicked: %v", p)}
-			}
-		}()
-		tok, err := c.requestToken(ctx, k)
-		ch <- reply{tok, err}
-	}()
-	var r reply
-	select {
-	case r = <-ch:
-	case <-ctx.Done():
-		r = reply{err: fmt.Errorf("cache: upstream %s: %w", endpoint, ctx.Err())}
-	}
-	outcome := "ok"
-	if r.err != nil {
-		outcome = polyv.Classify(r.err).String()
-	}
-	c.metrics.upstreamRequests.WithLabelValues(endpoint, outcome).Inc()
-	c.polyvState.Store(polyvStateOf(r.err))
-	if c.opts.OnFetch != nil {
-		c.opts.OnFetch(ctx, k, outcome)
-	}
-	c.metrics.upstreamDuration.WithLabelValues(endpoint).Observe(time.Since(start).Seconds())
-	return r.tok, r.err
-}
-
-// requestToken asks Polyv for k's token. An upstream that reports no issue
-// time gets the time the call started.
-func (c *Cache) requestToken(ctx context.Context, k Key) (Token, error) {
-	sent := c.opts.Now()
-	var tok Token
-	if k.Kind == KindChannel {
-		t, err := c.upstream.ChannelToken(ctx, k.ChannelID)
-		if err != nil {
-			return Token{}, err
-		}
-		tok = Token{Token: t.Token, MediaChannelKey: t.MediaChannelKey, IssuedAt: t.IssuedAt}
-	} else {
-		t, err := c.upstream.ChatToken(ctx, polyv.ChatTokenRequest{ChannelID: k.ChannelID, UserID: k.UserID, Role: k.Role, Origin: k.Origin})
-		if err != nil {
-			return Token{}, err
-		}
-		tok = Token{
-			Token: t.Token, MediaChannelKey: t.MediaChannelKey, RoomID: t.RoomID, ChildRoomEnabled: t.ChildRoomEnabled,
-			ChatAPIDomain: t.ChatAPIDomain, ChatDomain: t.ChatDomain, IssuedAt: t.IssuedAt,
-		}
-	}
-	if tok.IssuedAt.IsZero() {
-		tok.IssuedAt = sent
-	}
-	tok.Rendered = new(Rendered)
-	return tok, nil
 }
 
 // rememberChannelRejection keeps e for k's whole channel when err rejects

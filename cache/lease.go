@@ -223,7 +223,7 @@ func (c *Cache) backOff(ctx context.Context, keys redisKeys, owner string, failu
 
 // leaseFor is how long a fill lease lasts without renewal: LeaseTTL, plus
 // the time this instance's rate-limit queue needs to drain.
-func (c *Cache) leaseFor() time.Duration { return c.opts.LeaseTTL + c.queueWait() }
+func (c *Cache) leaseFor() time.Duration { return c.opts.LeaseTTL + c.sched.Drain() }
 
 // renewLease extends the lease while its holder works, so that only a dead
 // holder's lease lapses. Each extension covers LeaseTTL plus the time this

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokencache/tokencache/budget"
 )
 
 // Result says how a token was served.
@@ -36,6 +38,8 @@ type Metrics struct {
 	rateLimit        prometheus.Gauge
 	localDropped     prometheus.Counter
 	pubsubSilent     prometheus.Counter
+
+	budget *budget.Metrics
 
 	// Children resolved once, so the hit path does no label lookup.
 	byResult map[Result]prometheus.Counter
@@ -80,6 +84,10 @@ func NewMetrics() *Metrics {
 			Name: "tokencache_pubsub_silent_total", Help: fmt.Sprintf("Pub/sub connections replaced after %v with no message and no answer to a ping.", silentAfter),
 		}),
 		byResult: map[Result]prometheus.Counter{},
+		budget:   budget.NewMetrics(),
+	}
+	for _, o := range []string{"ok", "failed"} {
+		m.refreshes.WithLabelValues(o)
 	}
 	for _, r := range allResults {
 		m.byResult[r] = m.results.WithLabelValues(string(r))
@@ -89,7 +97,7 @@ func NewMetrics() *Metrics {
 
 // Collectors returns every collector, for prometheus.Registerer.MustRegister.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.results, m.upstreamRequests, m.upstreamDuration, m.leaseWait, m.redisErrors, m.redisCircuitOpen, m.refreshes, m.unopenable, m.rateLimit, m.localDropped, m.pubsubSilent}
+	return append([]prometheus.Collector{m.results, m.upstreamRequests, m.upstreamDuration, m.leaseWait, m.redisErrors, m.redisCircuitOpen, m.refreshes, m.unopenable, m.rateLimit, m.localDropped, m.pubsubSilent}, m.budget.Collectors()...)
 }
 
 func (m *Metrics) result(r Result) { m.byResult[r].Inc() }

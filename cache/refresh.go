@@ -2,7 +2,10 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"time"
+
+	"github.com/tokencache/tokencache/budget"
 )
 
 // refreshGateFor is how long an instance waits before it tries again to start
@@ -84,7 +87,16 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 		defer stopRenew()
 	}
 
-	tok, err := c.refreshCall(ctx, k, keys, fleet)
+	tok, err := c.refreshCall(ctx, k, fleet)
+	var unavailable *UnavailableError
+	if errors.As(err, &unavailable) && unavailable.Reason == budget.ReasonCooldown {
+		// Polyv's cool-down is no failure of this token: try after it.
+		c.refreshGate.Set(keys.value, refreshState{next: time.Now().Add(unavailable.RetryAfter), failures: failures})
+		if fleet {
+			c.releaseLease(ctx, keys, owner)
+		}
+		return
+	}
 	if err != nil {
 		c.metrics.refreshes.WithLabelValues("failed").Inc()
 		failures++
@@ -107,9 +119,13 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 	c.events.publish(ctx, c.rdb, keys.value)
 }
 
-func (c *Cache) refreshCall(ctx context.Context, k Key, keys redisKeys, fleet bool) (Token, error) {
-	if err := c.waitSlot(ctx, keys.value, fleet); err != nil {
+func (c *Cache) refreshCall(ctx context.Context, k Key, fleet bool) (Token, error) {
+	if err := c.waitSlot(ctx, k, nil); err != nil {
 		return Token{}, err
 	}
-	return c.callUpstream(ctx, k)
+	tok, rejected, err := c.callPolyv(ctx, k, fleet)
+	if rejected != nil {
+		return Token{}, rejected.Rejected.err()
+	}
+	return tok, err
 }

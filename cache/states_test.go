@@ -133,7 +133,6 @@ func TestNegativeEntries(t *testing.T) {
 func TestTransientErrorsAreNotStored(t *testing.T) {
 	errs := map[string]error{
 		"server":        &polyv.APIError{Code: 500, Message: "fail"},
-		"rate limited":  &polyv.APIError{Code: 400, Message: "qps exceeds number of calls"},
 		"misconfigured": &polyv.APIError{Code: 403, Message: "invalid signature."},
 		"malformed":     &polyv.MalformedError{HTTPStatus: 502, Reason: "html"},
 		"timeout":       fmt.Errorf("post: %w", context.DeadlineExceeded),

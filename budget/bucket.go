@@ -1,0 +1,66 @@
+package budget
+
+import (
+	"context"
+	"math"
+	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+	"golang.org/x/time/rate"
+)
+
+// depths are how far into the rate limiter's bucket each kind of fetch may
+// go, in slots. The bucket refills at the rate; a fetch takes a slot only
+// while the slots taken ahead of the schedule stay within its depth. So a
+// deeper kind is served while a shallower one waits, and takes nothing
+// from it when it does not ask: the reserve is lent until a host needs it.
+type depths struct {
+	over   int // viewers of a key over its fleet-wide share
+	viewer int // viewers of a key within its share
+	host   int // host roles: the deepest
+}
+
+func depthsFor(perSecond int) depths {
+	viewer := max(2, perSecond/10)
+	return depths{over: max(1, viewer/2), viewer: viewer, host: viewer + max(1, viewer/2)}
+}
+
+// fleetBucket is the fleet-wide limit, a GCRA in Redis (go-redis/redis_rate),
+// whose Burst is the depth a take may reach.
+type fleetBucket struct {
+	limiter *redis_rate.Limiter
+	key     string
+	rate    int
+}
+
+func (b fleetBucket) take(ctx context.Context, depth, n int) (int, time.Duration, error) {
+	res, err := b.limiter.AllowAtMost(ctx, b.key, redis_rate.Limit{Rate: b.rate, Period: time.Second, Burst: depth}, n)
+	if err != nil {
+		return 0, 0, err
+	}
+	return res.Allowed, res.RetryAfter, nil
+}
+
+// localBucket is the same limit in this process alone, for while Redis is out
+// of use: a token bucket as deep as the deepest kind, of which a shallower
+// kind may only take what lies above the deeper kinds' reserve.
+type localBucket struct {
+	lim   *rate.Limiter
+	depth int
+	rate  int
+}
+
+func newLocalBucket(perSecond, depth int) *localBucket {
+	return &localBucket{lim: rate.NewLimiter(rate.Limit(perSecond), depth), depth: depth, rate: perSecond}
+}
+
+func (b *localBucket) take(_ context.Context, depth, n int) (int, time.Duration, error) {
+	now := time.Now()
+	reserve := float64(b.depth - depth)
+	free := b.lim.TokensAt(now) - reserve
+	k := min(n, int(math.Floor(free)))
+	if k > 0 && b.lim.AllowN(now, k) {
+		return k, 0, nil
+	}
+	return 0, time.Duration(max(1-free, 0) / float64(b.rate) * float64(time.Second)), nil
+}
