@@ -2,7 +2,6 @@ package budget
 
 import (
 	"context"
-	"strconv"
 	"sync"
 	"time"
 
@@ -12,7 +11,7 @@ import (
 // shareEvery is how often an instance with viewers waiting tells the fleet
 // which keys wait here, adds the slots it granted to the fleet's count, and
 // reads each waiting key's use.
-const shareEvery = 250 * time.Millisecond
+const shareEvery = 100 * time.Millisecond
 
 // activeFor is how long a key counts as waiting after an instance last said
 // so.
@@ -59,29 +58,40 @@ func (sh *shares) over(key string) bool {
 	return sh.overs[member(key)]
 }
 
-// sharesScript, in one round trip, adds slots granted (ARGV[3] pairs of
-// key and count, from ARGV[4]) to this second's use (KEYS[2]), marks the
-// keys that follow as waiting now (KEYS[1], scored by ARGV[1] ms, kept
-// ARGV[2] ms), and returns how many keys wait fleet-wide, then each key's
-// use in this second and in the last (KEYS[3]).
+// sharesScript, in one round trip: adds the slots granted here (ARGV[3]
+// pairs of key and count, from ARGV[4]) to each key's use (KEYS[2]), a
+// count that decays with time constant ARGV[2] ms, so that it measures the
+// key's recent rate without a window's edges; marks the keys that follow as
+// waiting now (KEYS[1]), for ARGV[1] ms; and returns how many keys wait
+// fleet-wide, then each key's use, in thousandths of a slot.
 var sharesScript = redis.NewScript(`
-local now, n = tonumber(ARGV[1]), tonumber(ARGV[3])
-for i = 1, n do redis.call('HINCRBY', KEYS[2], ARGV[2 + 2 * i], ARGV[3 + 2 * i]) end
-redis.call('PEXPIRE', KEYS[2], 3000)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local activeFor, tau, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local function use(m, add)
+  local v = tonumber(redis.call('HGET', KEYS[2], m .. ':v') or '0')
+  local at = tonumber(redis.call('HGET', KEYS[2], m .. ':t') or now)
+  v = v * math.exp(-math.max(now - at, 0) / tau) + add
+  if add > 0 then redis.call('HSET', KEYS[2], m .. ':v', tostring(v), m .. ':t', now) end
+  return v
+end
+for i = 1, n do use(ARGV[2 + 2 * i], tonumber(ARGV[3 + 2 * i])) end
+redis.call('PEXPIRE', KEYS[2], 20 * tau)
 local first = 4 + 2 * n
 for i = first, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], 10 * tonumber(ARGV[2]))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - activeFor)
+redis.call('PEXPIRE', KEYS[1], 10 * activeFor)
 local out = {redis.call('ZCARD', KEYS[1])}
-for i = first, #ARGV do
-  out[#out + 1] = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
-  out[#out + 1] = tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0')
-end
+for i = first, #ARGV do out[#out + 1] = math.floor(use(ARGV[i], 0) * 1000) end
 return out`)
 
+// useDecay is the time constant of a key's use: it weighs the last half
+// second most.
+const useDecay = 500 * time.Millisecond
+
 // refresh tells the fleet that keys wait here, counts the slots granted
-// since, and reads each key's use in the last second, in one round trip, at
-// most every shareEvery. On a Redis failure the keys keep their last state.
+// since, and reads each key's recent use, in one round trip, at most every
+// shareEvery. On a Redis failure the keys keep their last state.
 func (sh *shares) refresh(ctx context.Context, keys []string) {
 	sh.mu.Lock()
 	now := time.Now()
@@ -94,28 +104,26 @@ func (sh *shares) refresh(ctx context.Context, keys []string) {
 	sh.pending = map[string]int64{}
 	sh.mu.Unlock()
 
-	args := []any{now.UnixMilli(), activeFor.Milliseconds(), len(pending)}
+	args := []any{activeFor.Milliseconds(), useDecay.Milliseconds(), len(pending)}
 	for m, n := range pending {
 		args = append(args, m, n)
 	}
 	for _, k := range keys {
 		args = append(args, member(k))
 	}
-	sec := now.Unix()
 	tag := sh.prefix + ":{shares}"
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	res, err := sharesScript.Run(ctx, sh.rdb, []string{tag + ":waiting", tag + ":used:" + strconv.FormatInt(sec, 10), tag + ":used:" + strconv.FormatInt(sec-1, 10)}, args...).Int64Slice()
-	if err != nil || len(res) != 1+2*len(keys) {
+	res, err := sharesScript.Run(ctx, sh.rdb, []string{tag + ":waiting", tag + ":use"}, args...).Int64Slice()
+	if err != nil || len(res) != 1+len(keys) {
 		return
 	}
 	overs := map[string]bool{}
 	if n := res[0]; n > 1 {
 		share := float64(sh.rate) / float64(n)
-		elapsed := float64(now.UnixMilli()%1000) / 1000
 		for i, k := range keys {
-			use := float64(res[1+2*i]) + float64(res[2+2*i])*(1-elapsed)
-			overs[member(k)] = use >= share
+			perSecond := float64(res[1+i]) / 1000 / useDecay.Seconds()
+			overs[member(k)] = perSecond >= share
 		}
 	}
 	sh.mu.Lock()
