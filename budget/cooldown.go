@@ -88,6 +88,10 @@ func (c *cooldown) left() time.Duration {
 	return time.Until(c.until)
 }
 
+// CooldownLeft is the time left of the fleet's cool-down, as this instance
+// knows it; 0 when none runs.
+func (s *Scheduler) CooldownLeft() time.Duration { return max(s.cool.left(), 0) }
+
 // set records that the fleet cools down for left more.
 func (c *cooldown) set(left time.Duration) {
 	c.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"math"
 	mrand "math/rand/v2"
 	"slices"
 	"strconv"
@@ -65,6 +66,7 @@ type keyQueue struct {
 	name    string
 	waiting list.List // of *waiter
 	over    bool      // over its fleet-wide share at the latest look
+	cap     float64   // then, its slots per second
 }
 
 type waiter struct {
@@ -209,7 +211,7 @@ func (s *Scheduler) pushLocked(w *waiter, key string) {
 		kq = &keyQueue{name: key}
 		s.byKey[key] = kq
 		s.viewers = append(s.viewers, kq)
-		kq.over = s.shares.over(key)
+		kq.cap, kq.over = s.shares.over(key)
 	}
 	w.kq = kq
 	w.el = kq.waiting.PushBack(w)
@@ -391,6 +393,11 @@ func (s *Scheduler) grantLevelLocked(lv level, n int) int {
 	return s.grantWhere(lv.host, func(kq *keyQueue) bool { return kq.over == lv.over }, n)
 }
 
+// grantKeyLocked gives n slots to kq's fetches.
+func (s *Scheduler) grantKeyLocked(kq *keyQueue, n int) int {
+	return s.grantWhere(false, func(q *keyQueue) bool { return q == kq }, n)
+}
+
 func (s *Scheduler) grantWhere(host bool, eligible func(*keyQueue) bool, n int) int {
 	given := 0
 	if host {
@@ -499,11 +506,19 @@ func (s *Scheduler) poll() {
 // round asks for slots level by level and grants them; it returns how long
 // to wait before the next round, and how many slots it granted.
 func (s *Scheduler) round(fleet bool) (wait time.Duration, granted int) {
-	for _, lv := range s.levels() {
-		s.mu.Lock()
-		for _, kq := range s.viewers {
-			kq.over = fleet && s.shares.over(kq.name)
+	s.mu.Lock()
+	for _, kq := range s.viewers {
+		kq.cap, kq.over = 0, false
+		if fleet {
+			kq.cap, kq.over = s.shares.over(kq.name)
 		}
+	}
+	s.mu.Unlock()
+	for _, lv := range s.levels() {
+		if lv.over {
+			return s.roundOver(fleet, granted)
+		}
+		s.mu.Lock()
 		n := s.countLocked(lv)
 		s.mu.Unlock()
 		if n == 0 {
@@ -528,6 +543,60 @@ func (s *Scheduler) round(fleet bool) (wait time.Duration, granted int) {
 		}
 	}
 	return s.interval / 2, granted
+}
+
+// roundOver serves the keys over their share, each held to its cap
+// fleet-wide by a limiter of its own, so that a key flooding many
+// instances gets no more than one asking through a single instance.
+func (s *Scheduler) roundOver(fleet bool, granted int) (time.Duration, int) {
+	s.mu.Lock()
+	var over []*keyQueue
+	for _, kq := range s.viewers {
+		if kq.over {
+			over = append(over, kq)
+		}
+	}
+	s.mu.Unlock()
+	wait := time.Duration(s.depths.over) * s.interval / 2
+	for _, kq := range over {
+		s.mu.Lock()
+		n := kq.waiting.Len()
+		s.mu.Unlock()
+		if n == 0 {
+			continue
+		}
+		capped, retry, err := s.takeCap(kq.name, kq.cap, n)
+		if err != nil || capped == 0 {
+			wait = min(wait, max(retry, s.interval/2))
+			continue
+		}
+		got, retry, err := s.take(fleet, s.depths.over, capped)
+		if err != nil {
+			got, retry, _ = s.local.take(s.life, s.depths.over, capped)
+		}
+		s.mu.Lock()
+		given := s.grantKeyLocked(kq, got)
+		given += s.grantLocked(true, got-given)
+		given += s.grantLocked(false, got-given)
+		s.mu.Unlock()
+		granted += given
+		if got < capped {
+			return max(retry, wait), granted
+		}
+	}
+	return wait, granted
+}
+
+// takeCap takes up to n slots of key's fair-share limiter at perSecond.
+func (s *Scheduler) takeCap(key string, perSecond float64, n int) (int, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(s.life, 2*time.Second)
+	defer cancel()
+	limit := redis_rate.Limit{Rate: max(1, int(math.Ceil(perSecond))), Period: time.Second, Burst: s.depths.over + 1}
+	res, err := s.limiter.AllowAtMost(ctx, s.opts.Prefix+":fair:"+member(key), limit, n)
+	if err != nil {
+		return 0, 0, err
+	}
+	return res.Allowed, res.RetryAfter, nil
 }
 
 func (s *Scheduler) take(fleet bool, depth, n int) (int, time.Duration, error) {

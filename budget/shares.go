@@ -27,13 +27,13 @@ type shares struct {
 	rate   int
 
 	mu      sync.Mutex
-	pending map[string]int64 // slots granted here, not yet counted in Redis
-	overs   map[string]bool  // keys over their share at the latest look
-	next    time.Time        // no look before this
+	pending map[string]int64   // slots granted here, not yet counted in Redis
+	overs   map[string]float64 // keys over their share at the latest look: their cap, per second
+	next    time.Time          // no look before this
 }
 
 func newShares(rdb Redis, prefix string, rate int) *shares {
-	return &shares{rdb: rdb, prefix: prefix, rate: rate, pending: map[string]int64{}, overs: map[string]bool{}}
+	return &shares{rdb: rdb, prefix: prefix, rate: rate, pending: map[string]int64{}, overs: map[string]float64{}}
 }
 
 // member is a key's name in Redis; the service's own fetches have none.
@@ -51,11 +51,13 @@ func (sh *shares) used(key string) {
 	sh.mu.Unlock()
 }
 
-// over reports whether key was over its share at the latest look.
-func (sh *shares) over(key string) bool {
+// over reports whether key was over its share at the latest look, and if
+// so its cap: its share, or what the other keys left of the rate if more.
+func (sh *shares) over(key string) (perSecond float64, over bool) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	return sh.overs[member(key)]
+	perSecond, over = sh.overs[member(key)]
+	return perSecond, over
 }
 
 // sharesScript, in one round trip: adds the slots granted here (ARGV[3]
@@ -63,7 +65,8 @@ func (sh *shares) over(key string) bool {
 // count that decays with time constant ARGV[2] ms, so that it measures the
 // key's recent rate without a window's edges; marks the keys that follow as
 // waiting now (KEYS[1]), for ARGV[1] ms; and returns how many keys wait
-// fleet-wide, then each key's use, in thousandths of a slot.
+// fleet-wide, the use of them all, then each key's use, in thousandths of
+// a slot.
 var sharesScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -81,7 +84,9 @@ local first = 4 + 2 * n
 for i = first, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - activeFor)
 redis.call('PEXPIRE', KEYS[1], 10 * activeFor)
-local out = {redis.call('ZCARD', KEYS[1])}
+local total = 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do total = total + use(m, 0) end
+local out = {redis.call('ZCARD', KEYS[1]), math.floor(total * 1000)}
 for i = first, #ARGV do out[#out + 1] = math.floor(use(ARGV[i], 0) * 1000) end
 return out`)
 
@@ -115,15 +120,18 @@ func (sh *shares) refresh(ctx context.Context, keys []string) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	res, err := sharesScript.Run(ctx, sh.rdb, []string{tag + ":waiting", tag + ":use"}, args...).Int64Slice()
-	if err != nil || len(res) != 1+len(keys) {
+	if err != nil || len(res) != 2+len(keys) {
 		return
 	}
-	overs := map[string]bool{}
+	perSecond := func(milli int64) float64 { return float64(milli) / 1000 / useDecay.Seconds() }
+	overs := map[string]float64{}
 	if n := res[0]; n > 1 {
-		share := float64(sh.rate) / float64(n)
+		share, total := float64(sh.rate)/float64(n), perSecond(res[1])
 		for i, k := range keys {
-			perSecond := float64(res[1+i]) / 1000 / useDecay.Seconds()
-			overs[member(k)] = perSecond >= share
+			if mine := perSecond(res[2+i]); mine >= share {
+				// Over its share, a key may still use what the others leave.
+				overs[member(k)] = max(share, float64(sh.rate)-(total-mine))
+			}
 		}
 	}
 	sh.mu.Lock()

@@ -37,8 +37,9 @@ func TestFleetRateLimit(t *testing.T) {
 		up.mu.Lock()
 		times := up.times
 		up.mu.Unlock()
-		// In any one-second window, at most the limit plus the burst (GCRA).
-		burst := max(1, limit/10)
+		// In any one-second window, at most the limit plus the deepest burst
+		// (GCRA).
+		burst := fleet[0].sched.MaxBurst()
 		for i := range times {
 			n := 0
 			for _, u := range times[i:] {
@@ -118,10 +119,11 @@ func queuedStampede(t *testing.T, copies int) (calls int64, perKey float64) {
 }
 
 // Fetches queued at the rate limit wait in-process: Redis commands per fetch
-// stay a small constant however many wait.
+// stay a small constant however many wait. (Each call also checks the
+// fleet's cool-down: one command.)
 func TestQueuedFetchesDoNotFloodRedis(t *testing.T) {
-	if _, perKey := queuedStampede(t, 1); perKey > 15 {
-		t.Errorf("%.1f Redis commands per fetch, want at most 15", perKey)
+	if _, perKey := queuedStampede(t, 1); perKey > 16 {
+		t.Errorf("%.1f Redis commands per fetch, want at most 16", perKey)
 	}
 }
 
@@ -136,11 +138,11 @@ func TestQueuedHolderKeepsItsLease(t *testing.T) {
 	if calls != 60 {
 		t.Errorf("Polyv calls = %d, want one per key (60)", calls)
 	}
-	// The holder's share is about 11 (see above); each waiter reads the
+	// The holder's share is about 12 (see above); each waiter reads the
 	// value, checks the lease, and reads the value again when woken. Checking
 	// every PollInterval instead would cost over 150.
-	if perKey > 30 {
-		t.Errorf("%.1f Redis commands per key, want at most 30", perKey)
+	if perKey > 32 {
+		t.Errorf("%.1f Redis commands per key, want at most 32", perKey)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/maypok86/otter/v2"
 
+	"github.com/tokencache/tokencache/budget"
 	"github.com/tokencache/tokencache/polyv"
 )
 
@@ -102,6 +103,9 @@ func (c *Cache) callPolyv(ctx context.Context, k Key, fleet bool) (Token, *entry
 	kind := polyv.Classify(err)
 	answered := kind == polyv.KindNone || kind == polyv.KindRejected || kind == polyv.KindMisconfigured
 	c.sched.AfterCall(ctx, fleet, probe, kind == polyv.KindRateLimited, answered)
+	if kind == polyv.KindRateLimited {
+		return Token{}, nil, &UnavailableError{Reason: budget.ReasonCooldown, RetryAfter: c.sched.CooldownLeft()}
+	}
 	var apiErr *polyv.APIError
 	accepted = err == nil || (errors.As(err, &apiErr) && apiErr.Rejected() && !apiErr.ChannelRejected())
 	return tok, nil, err

@@ -1,6 +1,7 @@
 package drills
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -95,12 +96,14 @@ func TestDrillPolyvSlow(t *testing.T) {
 }
 
 func TestDrillPolyvRateLimited(t *testing.T) {
-	dr := newDrill(t, "The simulator answers with Polyv's qps error. Warm keys keep being served; misses get 503 upstream_unavailable with Retry-After; nothing is stored, so they succeed once the limit lifts.")
-	s := newStack(t, 2)
+	dr := newDrill(t, "The simulator answers with Polyv's qps error. The fleet cools down (POLYV_COOLDOWN=1s here): warm keys keep being served; misses get 503 upstream_unavailable with Retry-After at once, and Polyv gets no call but one probe per cool-down; nothing is stored, so misses succeed once the limit lifts and a probe is answered.")
+	s := newStackWith(t, 2, nil, []string{"POLYV_COOLDOWN=1s"})
 	phaseAll200(dr, s, "warm-up", s.targets(), "-duration", "1s")
 
 	s.sim.control(t, `{"rateLimit":1}`)
-	limited := attack(t, s, s.targets(), "-rate", "200", "-duration", phase(2*time.Second, 10*time.Second).String(), "-miss-ratio", "0.2")
+	callsBefore, _ := s.sim.simStats(t)
+	d := phase(2*time.Second, 10*time.Second)
+	limited := attack(t, s, s.targets(), "-rate", "200", "-duration", d.String(), "-miss-ratio", "0.2")
 	allowOnly(t, "Polyv rate limit", limited, "503")
 	if limited.StatusCodes["503"] == 0 {
 		t.Errorf("statuses %v, want 503s", limited.StatusCodes)
@@ -110,9 +113,16 @@ func TestDrillPolyvRateLimited(t *testing.T) {
 			t.Errorf("error %s, want only 503 upstream_unavailable", code)
 		}
 	}
-	dr.record("Polyv answers qps exceeded", limited, "")
+	// The first refusals, then a probe per cool-down (1 s, doubling): a
+	// handful, not one per miss.
+	calls, _ := s.sim.simStats(t)
+	if made, bound := calls-callsBefore, int64(d/time.Second)+4; made > bound {
+		t.Errorf("%d Polyv calls while Polyv refused them, want at most %d (probes)", made, bound)
+	}
+	dr.record("Polyv answers qps exceeded", limited, fmt.Sprintf("%d Polyv calls in %v", calls-callsBefore, d))
 
 	s.sim.control(t, `{"rateLimit":0}`)
+	time.Sleep(4 * time.Second) // the longest cool-down the phase can have reached, then its probe
 	phaseAll200(dr, s, "fault lifted", s.targets(), "-duration", "1s", "-miss-ratio", "0.2")
 }
 

@@ -9,7 +9,9 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/tokencache/tokencache/budget"
 	"github.com/tokencache/tokencache/cache"
 )
 
@@ -318,5 +320,20 @@ func TestServerErrorsLoggedClientErrorsNot(t *testing.T) {
 	w := do(e, "GET", chatPath+"?userId=boom&role=viewer", "")
 	if w.Code != 500 || !strings.Contains(w.Body.String(), `"code":"internal"`) || strings.Contains(w.Body.String(), "exploded") {
 		t.Errorf("panic: %d %s", w.Code, w.Body)
+	}
+}
+
+// A 503 for want of a Polyv call says which case it is, each in its own words.
+func TestUnavailableSaysWhy(t *testing.T) {
+	seen := map[string]budget.Reason{}
+	for _, why := range []budget.Reason{budget.ReasonQueue, budget.ReasonCooldown, budget.ReasonKeyRate, budget.ReasonBulkShare, budget.ReasonDeleteRate} {
+		ae := toAPIError(&cache.UnavailableError{Reason: why, RetryAfter: 3 * time.Second})
+		if ae.Status != 503 || ae.RetryAfter != "3" || ae.Message == "" {
+			t.Errorf("%s: %d, Retry-After %q, message %q", why, ae.Status, ae.RetryAfter, ae.Message)
+		}
+		if other, dup := seen[ae.Message]; dup {
+			t.Errorf("%s and %s share the message %q", why, other, ae.Message)
+		}
+		seen[ae.Message] = why
 	}
 }

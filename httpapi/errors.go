@@ -7,6 +7,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/tokencache/tokencache/budget"
 	"github.com/tokencache/tokencache/cache"
 	"github.com/tokencache/tokencache/polyv"
 )
@@ -42,6 +43,16 @@ func invalid(field, msg string) *apiError {
 	return &apiError{Status: http.StatusBadRequest, Code: codeInvalidArgument, Field: field, Message: msg}
 }
 
+// unavailableMessages say, for each reason no Polyv call could be made,
+// what happened and what to do.
+var unavailableMessages = map[budget.Reason]string{
+	budget.ReasonQueue:      "Polyv call budget: the queue ahead of this request is longer than its deadline; retry after Retry-After seconds",
+	budget.ReasonCooldown:   "Polyv rate-limited this service: no Polyv calls until the cool-down ends; retry after Retry-After seconds",
+	budget.ReasonKeyRate:    "this API key's own Polyv rate (rate in the keys file) is used up until after the request's deadline; retry after Retry-After seconds",
+	budget.ReasonBulkShare:  "bulk requests used their share of the Polyv budget (TOKENCACHE_BULK_SHARE) until after the deadline; retry after Retry-After seconds",
+	budget.ReasonDeleteRate: "this API key made too many DELETEs (TOKENCACHE_DELETE_RATE per second); retry after Retry-After seconds",
+}
+
 // polyvRateLimitRetry is the Retry-After sent when Polyv itself refused us
 // for rate: its ban lasts minutes, so callers should back off well.
 const polyvRateLimitRetry = "60"
@@ -72,7 +83,7 @@ func toAPIError(err error) *apiError {
 	var unavailable *cache.UnavailableError
 	if errors.As(err, &unavailable) {
 		return &apiError{Status: http.StatusServiceUnavailable, Code: codeUpstreamUnavailable, RetryAfter: unavailable.RetryAfterSeconds(),
-			Message: "Polyv rate limit reached: no call slot before the request's deadline; retry later"}
+			Message: unavailableMessages[unavailable.Reason]}
 	}
 	if errors.Is(err, cache.ErrRedisUnavailable) {
 		return &apiError{Status: http.StatusServiceUnavailable, Code: codeUpstreamUnavailable, RetryAfter: "5",

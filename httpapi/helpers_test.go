@@ -13,6 +13,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/tokencache/tokencache/budget"
 	"github.com/tokencache/tokencache/cache"
 	"github.com/tokencache/tokencache/polyv"
 )
@@ -87,7 +88,7 @@ var (
 	errServer        = &polyv.APIError{Code: 500, Message: "fail"}
 	errPolyvRate     = &polyv.APIError{Code: 400, Message: "qps exceeds number of calls"}
 	errMalformed     = &polyv.MalformedError{HTTPStatus: 502, Reason: "html"}
-	errUnavailable   = &cache.UnavailableError{RetryAfter: 1500 * time.Millisecond}
+	errUnavailable   = &cache.UnavailableError{Reason: budget.ReasonQueue, RetryAfter: 1500 * time.Millisecond}
 	errTimeout       = context.DeadlineExceeded
 	errInternal      = errors.New("disk on fire")
 )

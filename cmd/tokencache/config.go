@@ -30,6 +30,8 @@ type Config struct {
 	BaseURL        string
 	PolyvTimeout   time.Duration
 	RateLimit      int
+	Cooldown       time.Duration
+	DeleteRate     int
 	SignMethod     string
 	RedisURL       string
 	RedisCluster   bool
@@ -86,6 +88,7 @@ func (c *Config) settings() []setting {
 		{"POLYV_BASE_URL", polyv.DefaultBaseURL, "Polyv API base URL", (*stringValue)(&c.BaseURL)},
 		{"POLYV_TIMEOUT", shortDuration(polyv.DefaultTimeout), "timeout of each Polyv attempt", (*durationValue)(&c.PolyvTimeout)},
 		{"POLYV_RATE_LIMIT", fmt.Sprint(cache.DefaultRateLimit), "fleet-wide Polyv requests per second", (*intValue)(&c.RateLimit)},
+		{"POLYV_COOLDOWN", shortDuration(cache.DefaultCooldown), "fleet-wide pause of Polyv calls after Polyv's rate-limit reply, doubled while the probe at its end is refused, at most 5m", (*durationValue)(&c.Cooldown)},
 		{"POLYV_SIGN_METHOD", string(polyv.DefaultSignMethod), "Polyv signature method: MD5 or SHA256", (*stringValue)(&c.SignMethod)},
 		{"REDIS_URL", "", "redis:// or rediss:// URL; empty means an embedded in-memory Redis for one instance", (*stringValue)(&c.RedisURL)},
 		{"REDIS_CLUSTER", "false", "parse REDIS_URL as a cluster URL (more nodes as addr= params)", (*boolValue)(&c.RedisCluster)},
@@ -93,6 +96,7 @@ func (c *Config) settings() []setting {
 		{"TOKENCACHE_API_KEYS_FILE", "", "YAML file of named, scoped API keys; reloaded on SIGHUP and when it changes", (*stringValue)(&c.APIKeysFile)},
 		{"TOKENCACHE_AUTH", "", "set to none to turn API-key auth off on purpose", (*stringValue)(&c.Auth)},
 		{"TOKENCACHE_BULK_SHARE", fmt.Sprint(cache.DefaultBulkShare), "the most of POLYV_RATE_LIMIT that bulk items may use, above 0 and at most 1", (*floatValue)(&c.BulkShare)},
+		{"TOKENCACHE_DELETE_RATE", fmt.Sprint(cache.DefaultDeleteRate), "DELETEs per second each API key may make, fleet-wide (each forces a refetch)", (*intValue)(&c.DeleteRate)},
 		{"TOKENCACHE_ENCRYPTION_KEYS", "", "comma-separated id:base64 32-byte keys sealing tokens at rest; the first seals, all open", (*secretValue)(&c.EncKeysRaw)},
 		{"TOKENCACHE_ENCRYPTION_KEYS_FILE", "", "file holding TOKENCACHE_ENCRYPTION_KEYS", (*stringValue)(&c.EncKeysFile)},
 		{"TOKENCACHE_TLS_CERT_FILE", "", "certificate (PEM) to serve HTTPS on TOKENCACHE_ADDR; reloaded when it changes", (*stringValue)(&c.TLSCertFile)},
@@ -140,6 +144,7 @@ func (c *Config) cacheOptions() cache.Options {
 	return cache.Options{
 		Prefix: c.KeyPrefix, TTL: c.TTL, RefreshAfter: c.RefreshAfter, NegativeTTL: c.NegativeTTL,
 		LocalSize: c.LocalSize, RateLimit: c.RateLimit, BulkShare: c.BulkShare, EncryptionKeys: c.EncryptionKeys,
+		Cooldown: c.Cooldown, DeleteRate: c.DeleteRate,
 		FillTimeout: 3*max(c.PolyvTimeout, 0) + time.Second, // every attempt, and then some; POLYV_TIMEOUT has its own check
 	}
 }
@@ -148,7 +153,7 @@ func (c *Config) cacheOptions() cache.Options {
 var cacheOptionSettings = map[string]string{
 	"Prefix": "TOKENCACHE_KEY_PREFIX", "TTL": "TOKENCACHE_TTL", "RefreshAfter": "TOKENCACHE_REFRESH_AFTER",
 	"NegativeTTL": "TOKENCACHE_NEGATIVE_TTL", "LocalSize": "TOKENCACHE_LOCAL_SIZE", "RateLimit": "POLYV_RATE_LIMIT",
-	"BulkShare": "TOKENCACHE_BULK_SHARE",
+	"BulkShare": "TOKENCACHE_BULK_SHARE", "Cooldown": "POLYV_COOLDOWN", "DeleteRate": "TOKENCACHE_DELETE_RATE",
 }
 
 // cacheProblems words cache.Options.Validate's findings as settings: the

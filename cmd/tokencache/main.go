@@ -146,6 +146,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			log.Info("Redis circuit closed: using Redis again", "from", from)
 		}
 	}
+	opts.OnCooldown = func(left time.Duration) {
+		if left > 0 {
+			log.Warn("Polyv rate-limited the fleet: no Polyv calls until the cool-down ends, then one probe; misses get 503", "cooldown", left.String())
+			return
+		}
+		log.Info("Polyv cool-down over: the probe was answered, calls resume")
+	}
 	tc, err := cache.New(rdb, client, opts)
 	if err != nil {
 		return err
