@@ -56,6 +56,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	latency := fs.Duration("latency", 0, "delay before every reply")
 	errorRate := fs.Float64("error-rate", 0, "fraction of calls answered with 500 fail (0..1)")
 	rateLimit := fs.Int("rate-limit", 0, "calls per second before Polyv's qps error (0 = none)")
+	ban := fs.Duration("ban", 0, "once -rate-limit is exceeded, refuse every call for this long; a call during the ban starts it again (0 = no ban)")
 	illegal := fs.String("illegal-channels", "", "comma-separated channelIds answered with 'illegal channel id'")
 	if err := cli.Parse(fs, args, stdout, usage); err != nil {
 		return err
@@ -69,7 +70,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	sim := polyvsim.New(polyvsim.Options{
 		AppID: *appID, AppSecret: *appSecret, Latency: *latency,
-		ErrorRate: *errorRate, RateLimit: *rateLimit, IllegalChannels: illegalIDs,
+		ErrorRate: *errorRate, RateLimit: *rateLimit, Ban: *ban, IllegalChannels: illegalIDs,
 	})
 
 	ln, err := net.Listen("tcp", *addr)

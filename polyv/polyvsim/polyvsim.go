@@ -46,6 +46,10 @@ type Options struct {
 	// RateLimit is the calls per second allowed before Polyv's qps error;
 	// 0 means no limit.
 	RateLimit int
+	// Ban, if set, refuses every call for this long once RateLimit is
+	// exceeded, and a call during the ban starts it again: the strict
+	// reading of Polyv's 5-minute block.
+	Ban time.Duration
 	// Now is the server's clock; it defaults to time.Now.
 	Now func() time.Time
 }
@@ -62,6 +66,8 @@ type Server struct {
 	errorRate float64
 	illegal   map[string]bool
 	limiter   *rate.Limiter
+	ban       time.Duration
+	banUntil  time.Time
 	stats     Stats
 	issued    map[string][]string // tokens issued per key, for checking clients
 }
@@ -77,6 +83,9 @@ type Stats struct {
 	Keys map[string]int64 `json:"keys"`
 	// Issued is the number of tokens issued.
 	Issued int64 `json:"issued"`
+	// Bans counts the bans begun by exceeding the rate limit (see
+	// Options.Ban), not counting calls that restarted one.
+	Bans int64 `json:"bans"`
 }
 
 // New returns a simulator.
@@ -100,6 +109,7 @@ func New(opts Options) *Server {
 	s.SetErrorRate(opts.ErrorRate)
 	s.SetIllegalChannels(opts.IllegalChannels)
 	s.SetRateLimit(opts.RateLimit)
+	s.SetBan(opts.Ban)
 	s.ResetStats()
 
 	s.mux.HandleFunc("POST "+ChatTokenPath, s.handle(polyv.EndpointChatToken))
@@ -145,6 +155,34 @@ func (s *Server) SetRateLimit(perSecond int) {
 	s.mu.Unlock()
 }
 
+// SetBan changes how long exceeding the rate limit bans every call; 0: no
+// ban. It lifts a ban under way.
+func (s *Server) SetBan(d time.Duration) {
+	s.mu.Lock()
+	s.ban, s.banUntil = d, time.Time{}
+	s.mu.Unlock()
+}
+
+// refused reports whether a call now is refused for rate: during a ban
+// (which the call starts again), or over the limit (which starts one).
+func (s *Server) refused(limiter *rate.Limiter) (outcome string, refused bool) {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ban > 0 && now.Before(s.banUntil) {
+		s.banUntil = now.Add(s.ban)
+		return "banned", true
+	}
+	if limiter == nil || limiter.Allow() {
+		return "", false
+	}
+	if s.ban > 0 {
+		s.banUntil = now.Add(s.ban)
+		s.stats.Bans++
+	}
+	return "rate_limited", true
+}
+
 // Stats returns a copy of the counts so far.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
@@ -154,6 +192,7 @@ func (s *Server) Stats() Stats {
 		Outcomes: maps.Clone(s.stats.Outcomes),
 		Keys:     maps.Clone(s.stats.Keys),
 		Issued:   s.stats.Issued,
+		Bans:     s.stats.Bans,
 	}
 }
 
@@ -193,8 +232,8 @@ func (s *Server) handle(endpoint string) http.HandlerFunc {
 		latency, errorRate, limiter := s.latency, s.errorRate, s.limiter
 		s.mu.Unlock()
 
-		if limiter != nil && !limiter.Allow() {
-			s.fail(w, "rate_limited", 400, "qps exceeds number of calls")
+		if outcome, refused := s.refused(limiter); refused {
+			s.fail(w, outcome, 400, "qps exceeds number of calls")
 			return
 		}
 		if latency > 0 {
@@ -300,6 +339,7 @@ type control struct {
 	Latency         *string   `json:"latency"`
 	ErrorRate       *float64  `json:"errorRate"`
 	RateLimit       *int      `json:"rateLimit"`
+	Ban             *string   `json:"ban"`
 	IllegalChannels *[]string `json:"illegalChannels"`
 }
 
@@ -322,6 +362,14 @@ func (s *Server) serveControl(w http.ResponseWriter, r *http.Request) {
 	}
 	if c.RateLimit != nil {
 		s.SetRateLimit(*c.RateLimit)
+	}
+	if c.Ban != nil {
+		d, err := time.ParseDuration(*c.Ban)
+		if err != nil {
+			http.Error(w, "ban: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		s.SetBan(d)
 	}
 	if c.IllegalChannels != nil {
 		s.SetIllegalChannels(*c.IllegalChannels)
