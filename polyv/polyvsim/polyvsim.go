@@ -173,7 +173,7 @@ func (s *Server) refused(limiter *rate.Limiter) (outcome string, refused bool) {
 		s.banUntil = now.Add(s.ban)
 		return "banned", true
 	}
-	if limiter == nil || limiter.Allow() {
+	if limiter == nil || limiter.AllowN(now, 1) {
 		return "", false
 	}
 	if s.ban > 0 {

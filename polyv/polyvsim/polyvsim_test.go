@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -130,5 +131,37 @@ func TestControl(t *testing.T) {
 	s.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/control", strings.NewReader(`{"latency":"soon"}`)))
 	if w.Code != http.StatusBadRequest {
 		t.Errorf("bad control = %d, want 400", w.Code)
+	}
+}
+
+// Over the rate limit with a ban set, every call is refused for the ban,
+// and a call during the ban starts it again.
+func TestBan(t *testing.T) {
+	now := time.Now()
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	s := New(Options{RateLimit: 1, Ban: time.Minute, Now: clock})
+	call := func() string { return post(t, s, ChatTokenPath, form(nil, polyv.SignMD5)).Message }
+	if msg := call(); msg != "" {
+		t.Fatalf("first call = %q", msg)
+	}
+	if msg := call(); msg != "qps exceeds number of calls" {
+		t.Fatalf("second call in the same instant = %q, want the qps error", msg)
+	}
+	advance(50 * time.Second)
+	if msg := call(); msg != "qps exceeds number of calls" {
+		t.Errorf("a call during the ban = %q, want refused", msg)
+	}
+	advance(50 * time.Second) // 100 s after the limit, but 50 s after the call that restarted the ban
+	if msg := call(); msg != "qps exceeds number of calls" {
+		t.Errorf("a call within a minute of the last = %q, want refused", msg)
+	}
+	advance(61 * time.Second)
+	if msg := call(); msg != "" {
+		t.Errorf("a call after the ban = %q, want a token", msg)
+	}
+	if st := s.Stats(); st.Bans != 1 || st.Outcomes["banned"] != 2 {
+		t.Errorf("bans = %d, banned replies = %d; want 1 and 2", st.Bans, st.Outcomes["banned"])
 	}
 }
