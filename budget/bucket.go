@@ -20,9 +20,10 @@ type depths struct {
 	host   int // host roles: the deepest
 }
 
+// A depth under 2 loses budget: a take must then come exactly on time.
 func depthsFor(perSecond int) depths {
-	viewer := max(2, perSecond/10)
-	return depths{over: max(1, viewer/2), viewer: viewer, host: viewer + max(1, viewer/2)}
+	viewer := max(4, perSecond/10)
+	return depths{over: max(2, viewer/2), viewer: viewer, host: viewer + max(2, viewer/2)}
 }
 
 // fleetBucket is the fleet-wide limit, a GCRA in Redis (go-redis/redis_rate),

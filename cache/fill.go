@@ -70,6 +70,10 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, er
 	if e, ok := c.localGet(c.channelRejectionKey(k)); ok {
 		return fillResult{entry: e, result: ResultNegative}, nil
 	}
+	// Polyv cools down: a miss is refused at once, with no Redis work.
+	if left := c.sched.CooldownLeft(); left > 0 {
+		return fillResult{}, &UnavailableError{Reason: budget.ReasonCooldown, RetryAfter: left}
+	}
 	gen := c.localGen(keys.value)
 	if !c.redisUsable() {
 		return c.fillLocal(ctx, k, keys, gen)
