@@ -537,9 +537,7 @@ func (s *Scheduler) round(fleet bool) (wait time.Duration, granted int) {
 		s.mu.Unlock()
 		granted += given
 		if got < n {
-			// Asking no more often than half this level's depth lets one
-			// answer grant several slots.
-			return max(retry, time.Duration(lv.depth)*s.interval/2), granted
+			return max(retry, s.pollGap(lv.depth)), granted
 		}
 	}
 	return s.interval / 2, granted
@@ -557,7 +555,7 @@ func (s *Scheduler) roundOver(fleet bool, granted int) (time.Duration, int) {
 		}
 	}
 	s.mu.Unlock()
-	wait := time.Duration(s.depths.over) * s.interval / 2
+	wait := s.pollGap(s.depths.over)
 	for _, kq := range over {
 		s.mu.Lock()
 		n := kq.waiting.Len()
@@ -585,6 +583,13 @@ func (s *Scheduler) roundOver(fleet bool, granted int) (time.Duration, int) {
 		}
 	}
 	return wait, granted
+}
+
+// pollGap is the least wait between two asks at depth: asking no more often
+// than half the depth's worth of slots lets one answer grant several, and a
+// slow rate is still asked every quarter second.
+func (s *Scheduler) pollGap(depth int) time.Duration {
+	return min(time.Duration(depth)*s.interval/2, 250*time.Millisecond)
 }
 
 // takeCap takes up to n slots of key's fair-share limiter at perSecond.

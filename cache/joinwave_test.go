@@ -45,7 +45,9 @@ func TestTeacherSkipsTheViewerQueue(t *testing.T) {
 		if _, _, err := fleet[i].Get(WithCaller(ctx, Caller{Name: "web"}), k); err != nil {
 			t.Fatalf("teacher Get() = %v", err)
 		}
-		if waited, limit := time.Since(start), time.Second/rate+100*time.Millisecond; waited > limit {
+		// The scheduler alone: one interval + 100 ms (budget.TestHostsGoFirst);
+		// here the whole miss path runs beside 300 fills, under -race.
+		if waited, limit := time.Since(start), time.Second/rate+300*time.Millisecond; waited > limit {
 			t.Errorf("teacher on instance %d waited %v behind the viewers, want at most %v", i, waited, limit)
 		}
 	}
