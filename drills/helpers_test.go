@@ -299,8 +299,16 @@ type drill struct {
 	t     *testing.T
 	about string
 
-	mu   sync.Mutex
-	rows []string
+	mu    sync.Mutex
+	rows  []string
+	notes []string // lines after the table
+}
+
+// note adds a line under the drill's table.
+func (d *drill) note(format string, args ...any) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.notes = append(d.notes, fmt.Sprintf(format, args...))
 }
 
 // drills are the sections of the report, in the order the drills started.
@@ -365,6 +373,12 @@ func writeReport() {
 		b.WriteString("| --- | ---: | --- | --- | ---: | ---: | ---: | --- |\n")
 		for _, line := range d.rows {
 			b.WriteString(line + "\n")
+		}
+		if len(d.notes) > 0 {
+			b.WriteString("\n")
+			for _, line := range d.notes {
+				b.WriteString("- " + line + "\n")
+			}
 		}
 	}
 	_ = os.WriteFile(path, []byte(b.String()), 0o644)

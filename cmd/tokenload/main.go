@@ -6,6 +6,7 @@
 //	tokenload baseline  a minimal echo server with a static body, the ceiling
 //	                    any echo service reaches on the machine
 //	tokenload compare   side-by-side table of attack reports (make bench-http)
+//	tokenload wave      rehearse a join wave and report how the Polyv budget was spent
 package main
 
 import (
@@ -37,6 +38,7 @@ commands:
   warm       prefetch tokens through the bulk endpoint into a JSONL pool
   baseline   serve a static JSON body from a minimal echo server
   compare    print attack reports (-json) side by side with ratios
+  wave       rehearse a join wave: viewers of two keys and teachers of a third join at once
 
 Run "tokenload <command> -h" for its flags.`
 
@@ -53,6 +55,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return baselineCmd(ctx, args[1:], stdout, stderr)
 	case "compare":
 		return compareCmd(args[1:], stdout, stderr)
+	case "wave":
+		return waveCmd(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(stdout, usage)
 		return cli.ErrHelp
