@@ -35,11 +35,34 @@ type fleetBucket struct {
 }
 
 func (b fleetBucket) take(ctx context.Context, depth, n int) (int, time.Duration, error) {
-	res, err := b.limiter.AllowAtMost(ctx, b.key, redis_rate.Limit{Rate: b.rate, Period: time.Second, Burst: depth}, n)
+	return takeWhole(ctx, b.limiter, b.key, redis_rate.Limit{Rate: b.rate, Period: time.Second, Burst: depth}, n)
+}
+
+// takeWhole takes up to n whole slots of limit. redis_rate's AllowAtMost
+// would do it in one round trip, but when fewer than n are free it takes
+// the fraction of a slot left over too and reports only the whole ones:
+// half a slot lost per ask on average, a quarter of the budget at 50/s.
+// So it asks for nothing first, which tells how far ahead the schedule
+// runs, and then for exactly the whole slots free.
+func takeWhole(ctx context.Context, l *redis_rate.Limiter, key string, limit redis_rate.Limit, n int) (int, time.Duration, error) {
+	peek, err := l.AllowN(ctx, key, limit, 0)
 	if err != nil {
 		return 0, 0, err
 	}
-	return res.Allowed, res.RetryAfter, nil
+	interval := limit.Period / time.Duration(limit.Rate)
+	free := float64(limit.Burst) - float64(peek.ResetAfter)/float64(interval)
+	k := min(n, int(math.Floor(free)))
+	if k <= 0 {
+		return 0, time.Duration((1 - free) * float64(interval)), nil
+	}
+	res, err := l.AllowN(ctx, key, limit, k)
+	if err != nil {
+		return 0, 0, err
+	}
+	if res.Allowed == 0 { // another instance took them meanwhile
+		return 0, interval / 2, nil
+	}
+	return res.Allowed, 0, nil
 }
 
 // localBucket is the same limit in this process alone, for while Redis is out

@@ -95,19 +95,19 @@ func (q *capQueue) poll(s *Scheduler) {
 		q.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(s.life, 2*time.Second)
-		res, err := s.limiter.AllowAtMost(ctx, q.key, q.limit, n)
+		got, retry, err := takeWhole(ctx, s.limiter, q.key, q.limit, n)
 		cancel()
 		q.mu.Lock()
 		if err != nil {
 			q.grant(n, errUseLocal)
 		} else {
-			q.grant(res.Allowed, nil)
+			q.grant(got, nil)
 		}
 		q.mu.Unlock()
-		if err != nil || res.Allowed >= n {
+		if err != nil || got >= n {
 			continue
 		}
-		wait := max(res.RetryAfter, time.Duration(q.limit.Burst)*q.interval/2) + mrand.N(q.interval/4+1)
+		wait := max(retry, min(time.Duration(q.limit.Burst)*q.interval/2, 250*time.Millisecond)) + mrand.N(q.interval/4+1)
 		select {
 		case <-time.After(wait):
 		case <-s.life.Done():

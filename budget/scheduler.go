@@ -185,6 +185,16 @@ func (s *Scheduler) waitTurn(ctx context.Context, r Request) error {
 	}
 }
 
+// PassOn gives a slot its fetch will not use to the next fetch waiting
+// here, if any.
+func (s *Scheduler) PassOn() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.grantLocked(true, 1) == 0 {
+		s.grantLocked(false, 1)
+	}
+}
+
 // leave takes w out of the queue; a slot granted to it meanwhile goes to the
 // next in line, so that a caller who left costs nothing.
 func (s *Scheduler) leave(w *waiter) {
@@ -279,9 +289,7 @@ func (s *Scheduler) expectedWaitLocked(r Request) time.Duration {
 	if s.byKey[r.Key] == nil {
 		place++
 	}
-	// At best, this instance gets the whole budget: refuse only what
-	// cannot be served even then.
-	return time.Duration(place-1) * s.interval
+	return time.Duration(place-1) * s.paceLocked()
 }
 
 // refuseLateLocked refuses at once, with the queue's drain time, every
@@ -311,7 +319,7 @@ func (s *Scheduler) refuseLateLocked(next time.Duration) {
 		}
 		el = next
 	}
-	pace := s.interval // at best, this instance gets the whole budget
+	pace := s.paceLocked()
 	for _, kq := range slices.Clone(s.viewers) {
 		i := 0
 		for el := kq.waiting.Front(); el != nil; i++ {
@@ -597,11 +605,7 @@ func (s *Scheduler) takeCap(key string, perSecond float64, n int) (int, time.Dur
 	ctx, cancel := context.WithTimeout(s.life, 2*time.Second)
 	defer cancel()
 	limit := redis_rate.Limit{Rate: max(1, int(math.Ceil(perSecond))), Period: time.Second, Burst: s.depths.over + 1}
-	res, err := s.limiter.AllowAtMost(ctx, s.opts.Prefix+":fair:"+member(key), limit, n)
-	if err != nil {
-		return 0, 0, err
-	}
-	return res.Allowed, res.RetryAfter, nil
+	return takeWhole(ctx, s.limiter, s.opts.Prefix+":fair:"+member(key), limit, n)
 }
 
 func (s *Scheduler) take(fleet bool, depth, n int) (int, time.Duration, error) {

@@ -134,3 +134,26 @@ func TestLeavingFreesTheTurn(t *testing.T) {
 		t.Errorf("waited %v behind fetches whose callers left", waited)
 	}
 }
+
+// While fetches wait, the whole budget is spent: no slot is lost between
+// the fleet's asks (redis_rate's AllowAtMost lost a quarter at 50/s).
+func TestBudgetFullyUsedWhileFetchesWait(t *testing.T) {
+	eachBackend(t, func(t *testing.T, client func(testing.TB) redis.UniversalClient) {
+		const rate = 50
+		fleet := fleetOf(t, client, 3, Options{Rate: rate})
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		var granted atomic.Int64
+		for _, s := range fleet {
+			flood(ctx, s, "web", 400, func() { granted.Add(1) })
+		}
+		time.Sleep(500 * time.Millisecond)
+		before := granted.Load()
+		time.Sleep(3 * time.Second)
+		perSecond := float64(granted.Load()-before) / 3
+		t.Logf("%.1f slots a second at a limit of %d", perSecond, rate)
+		if perSecond < 0.9*rate {
+			t.Errorf("%.1f slots a second while hundreds waited, want at least 90%% of %d", perSecond, rate)
+		}
+	})
+}

@@ -76,7 +76,10 @@ func (c *Cache) queueForSlot(ctx context.Context, k Key) error {
 		deadline = func() time.Time { return c.flights.latestDeadline(f) }
 	}
 	err := c.waitSlot(ctx, k, deadline)
-	if err != nil && context.Cause(ctx) == errAbandoned {
+	if context.Cause(ctx) == errAbandoned {
+		if err == nil {
+			c.sched.PassOn() // its callers left as the slot came
+		}
 		return errAbandoned
 	}
 	return err
