@@ -93,11 +93,23 @@ type Request struct {
 	Deadline func() time.Time // the latest of its callers' deadlines, which may move; nil or zero: none
 }
 
-func (r Request) deadline() time.Time {
-	if r.Deadline == nil {
+// callMargin is the time a slot must come before its caller's deadline: a
+// slot any later leaves no time for the call, which would then be made for
+// a caller who has left.
+const callMargin = 250 * time.Millisecond
+
+// deadline is the latest a slot may come for r; zero: any time.
+func (r Request) deadline() time.Time { return slotDeadline(r.Deadline) }
+
+func slotDeadline(deadline func() time.Time) time.Time {
+	if deadline == nil {
 		return time.Time{}
 	}
-	return r.Deadline()
+	d := deadline()
+	if d.IsZero() {
+		return d
+	}
+	return d.Add(-callMargin)
 }
 
 // Options configure a Scheduler. Zero fields take the defaults noted.

@@ -302,7 +302,7 @@ func (s *Scheduler) refuseLateLocked(next time.Duration) {
 		if w.deadline == nil {
 			return false
 		}
-		if d := w.deadline(); d.IsZero() || !d.Before(now.Add(next+time.Duration(place)*pace)) {
+		if d := slotDeadline(w.deadline); d.IsZero() || !d.Before(now.Add(next+time.Duration(place)*pace)) {
 			return false
 		}
 		w.el = nil
