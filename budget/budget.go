@@ -93,23 +93,21 @@ type Request struct {
 	Deadline func() time.Time // the latest of its callers' deadlines, which may move; nil or zero: none
 }
 
-// callMargin is the time a slot must come before its caller's deadline: a
-// slot any later leaves no time for the call, which would then be made for
-// a caller who has left.
+// callMargin is the most time a slot must leave before its caller's
+// deadline (a quarter of the time the caller gives, if less): a slot any
+// later leaves no time for the call, which would be made for a caller who
+// has left.
 const callMargin = 250 * time.Millisecond
 
-// deadline is the latest a slot may come for r; zero: any time.
-func (r Request) deadline() time.Time { return slotDeadline(r.Deadline) }
+// marginFor is the margin of a caller whose deadline is d.
+func marginFor(d time.Time) time.Duration { return min(callMargin, max(time.Until(d), 0)/4) }
 
-func slotDeadline(deadline func() time.Time) time.Time {
-	if deadline == nil {
+// deadline is r's deadline, zero for none.
+func (r Request) deadline() time.Time {
+	if r.Deadline == nil {
 		return time.Time{}
 	}
-	d := deadline()
-	if d.IsZero() {
-		return d
-	}
-	return d.Add(-callMargin)
+	return r.Deadline()
 }
 
 // Options configure a Scheduler. Zero fields take the defaults noted.

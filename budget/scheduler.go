@@ -72,6 +72,7 @@ type keyQueue struct {
 type waiter struct {
 	host     bool
 	deadline func() time.Time // nil or zero: none
+	margin   time.Duration    // its slot must come this long before the deadline
 	kq       *keyQueue
 	done     chan error // buffered 1: nil is a slot
 	el       *list.Element
@@ -156,7 +157,8 @@ func (s *Scheduler) waitTurn(ctx context.Context, r Request) error {
 		return ErrClosed
 	}
 	if d := r.deadline(); !d.IsZero() {
-		if expect := s.expectedWaitLocked(r); time.Until(d) < expect {
+		w.margin = marginFor(d)
+		if expect := s.expectedWaitLocked(r); expect > 0 && time.Until(d)-w.margin < expect {
 			drain := time.Duration(s.queuedLocked()+1) * s.paceLocked()
 			s.mu.Unlock()
 			return unavailable(ReasonQueue, drain)
@@ -302,7 +304,7 @@ func (s *Scheduler) refuseLateLocked(next time.Duration) {
 		if w.deadline == nil {
 			return false
 		}
-		if d := slotDeadline(w.deadline); d.IsZero() || !d.Before(now.Add(next+time.Duration(place)*pace)) {
+		if d := w.deadline(); d.IsZero() || !d.Add(-w.margin).Before(now.Add(next+time.Duration(place)*pace)) {
 			return false
 		}
 		w.el = nil

@@ -30,6 +30,16 @@ keys:
     routes: [get, bulk]
   - name: ops
     key: ops-key   # plain form
+  - name: viewers-any-route
+    key: viewers-key
+    roles: [viewer]
+  - name: teachers
+    key: teachers-key
+    roles: [teacher]
+  - name: viewers-with-legacy
+    key: legacy-key
+    roles: [viewer]
+    routes: [get, legacy]
 `
 
 func newScopedAPI(t *testing.T, c TokenCache, auditLog *bytes.Buffer) *echo.Echo {
@@ -69,6 +79,9 @@ func TestScopes(t *testing.T) {
 		{"legacy outside", "web-key", "GET", "/v1/channels/2094979/token", 403, "legacy route"},
 		{"unrestricted", "ops-key", "DELETE", "/v1/channels/1/chat-token?userId=u&role=admin", 204, ""},
 		{"unrestricted legacy", "ops-key", "GET", "/v1/channels/1/token", 200, ""},
+		{"legacy for a viewers' key without routes", "viewers-key", "GET", "/v1/channels/1/token", 403, "legacy route"},
+		{"legacy for a teachers' key", "teachers-key", "GET", "/v1/channels/1/token", 200, ""},
+		{"legacy listed in routes", "legacy-key", "GET", "/v1/channels/1/token", 200, ""},
 		{"unknown key", "nope", "GET", "/v1/channels/1/chat-token?userId=u&role=viewer", 401, ""},
 		{"bad input is 400 first", "web-key", "GET", "/v1/channels/2094979/chat-token?role=viewer", 400, ""},
 	} {

@@ -337,3 +337,18 @@ func TestUnavailableSaysWhy(t *testing.T) {
 		seen[ae.Message] = why
 	}
 }
+
+// pprof never serves the command line: flags may hold secrets.
+func TestPprofHidesTheCommandLine(t *testing.T) {
+	e := New(Options{Cache: &fakeCache{}, Logger: newTestLogger(), Pprof: true})
+	w := httptest.NewRecorder()
+	e.ServeHTTP(w, httptest.NewRequest("GET", "/debug/pprof/cmdline", nil))
+	if w.Code != http.StatusNotFound {
+		t.Errorf("/debug/pprof/cmdline = %d %q, want 404", w.Code, w.Body.String())
+	}
+	w = httptest.NewRecorder()
+	e.ServeHTTP(w, httptest.NewRequest("GET", "/debug/pprof/goroutine?debug=1", nil))
+	if w.Code != http.StatusOK {
+		t.Errorf("/debug/pprof/goroutine = %d, want 200", w.Code)
+	}
+}

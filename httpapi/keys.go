@@ -39,7 +39,13 @@ type APIKey struct {
 }
 
 // allowsRoute, allowsChannel and allowsRole check one part of the scope.
+// The channel-wide legacy token is Polyv's authorization and mic-link
+// token, a host's privilege: a key without routes may have it only if its
+// roles are absent or include teacher or admin.
 func (k *APIKey) allowsRoute(route string) bool {
+	if route == RouteLegacy && k.Routes == nil {
+		return k.Roles == nil || slices.Contains(k.Roles, "teacher") || slices.Contains(k.Roles, "admin")
+	}
 	return k.Routes == nil || slices.Contains(k.Routes, route)
 }
 func (k *APIKey) allowsRole(role string) bool {

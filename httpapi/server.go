@@ -188,7 +188,8 @@ func pprofHandler(w http.ResponseWriter, r *http.Request) {
 	case "symbol":
 		pprof.Symbol(w, r)
 	case "cmdline":
-		pprof.Cmdline(w, r)
+		// The command line may hold secrets given as flags.
+		http.NotFound(w, r)
 	case "":
 		pprof.Index(w, r)
 	default:
