@@ -104,7 +104,7 @@ func (c *Config) settings() []setting {
 		{"TOKENCACHE_TLS_CLIENT_CA_FILE", "", "CA (PEM) whose client certificates are required (mTLS)", (*stringValue)(&c.TLSClientCA)},
 		{"TOKENCACHE_ADMIN_ADDR", "", "serve /healthz, /readyz and /metrics here only", (*stringValue)(&c.AdminAddr)},
 		{"TOKENCACHE_CHECK_POLYV", "false", "sign one get-token call at start and refuse to start if Polyv rejects the credentials", (*boolValue)(&c.CheckPolyv)},
-		{"TOKENCACHE_PPROF", "false", "serve net/http/pprof under /debug/pprof/ beside /metrics", (*boolValue)(&c.Pprof)},
+		{"TOKENCACHE_PPROF", "false", "serve net/http/pprof under /debug/pprof/ beside /metrics (never /debug/pprof/cmdline, which would show secrets given as flags)", (*boolValue)(&c.Pprof)},
 		{"REDIS_TLS_CA_FILE", "", "CA (PEM) that signed Redis's certificate, for rediss://", (*stringValue)(&c.RedisTLSCA)},
 		{"REDIS_TLS_CERT_FILE", "", "client certificate (PEM) for Redis", (*stringValue)(&c.RedisTLSCert)},
 		{"REDIS_TLS_KEY_FILE", "", "client private key (PEM) for Redis", (*stringValue)(&c.RedisTLSKey)},
