@@ -378,16 +378,25 @@ func (c *Cache) Delete(ctx context.Context, k Key) error {
 	keys := c.keysOf(k)
 	c.flights.forget(c, keys.value)
 	c.dropLocal(keys.value)
-	// The lease too: a fetch under way stores nothing (see storeScript).
-	if err := c.rdb.Del(ctx, keys.value, keys.backoff(), keys.lease()).Err(); err != nil {
-		return fmt.Errorf("cache: delete: %w", redisFailure(err))
-	}
+	// Once begun, the delete and its publish run to the end whatever the
+	// caller does, within their own deadline; the lease goes too, so a fetch
+	// under way stores nothing (see storeScript).
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deleteTimeout)
+	defer cancel()
+	err := deleteScript.Run(dctx, c.rdb, []string{keys.value, keys.backoff(), keys.lease()}, c.events.channel, c.events.message(keys.value)).Err()
 	// Again, after the value is gone from Redis: a read that raced the
 	// delete may have found it.
 	c.dropLocal(keys.value)
-	c.events.publish(ctx, c.rdb, keys.value)
+	c.events.notify(keys.value)
+	if err != nil {
+		return fmt.Errorf("cache: delete: %w", redisFailure(err))
+	}
 	return nil
 }
+
+// deleteTimeout bounds a Delete's Redis work, which runs whatever its
+// caller does.
+const deleteTimeout = 2 * time.Second
 
 // Ready reports whether Redis answers.
 func (c *Cache) Ready(ctx context.Context) error {

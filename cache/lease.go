@@ -63,6 +63,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return 1`)
 
+	// deleteScript drops an identity's value, backoff and lease, and tells
+	// every instance (message ARGV[2] on channel ARGV[1]), in one step: a
+	// DELETE that answers has done both.
+	deleteScript = redis.NewScript(`
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1`)
+
 	// extendScript renews the lease for ARGV[2] ms if ARGV[1] holds it.
 	extendScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end

@@ -1,0 +1,117 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// failPublish fails every command that would publish on the events
+// channel: PUBLISH itself, or a script given the channel as an argument.
+type failPublish struct{ channel string }
+
+func (h failPublish) publishes(cmd redis.Cmder) bool {
+	if cmd.Name() == "publish" {
+		return true
+	}
+	if n := cmd.Name(); n == "eval" || n == "evalsha" {
+		return strings.Contains(fmt.Sprint(cmd.Args()), h.channel)
+	}
+	return false
+}
+func (h failPublish) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h failPublish) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.publishes(cmd) {
+			err := errors.New("publish refused by the test")
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h failPublish) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A DELETE whose invalidation cannot be published fails, rather than
+// answering as if every instance had dropped the token.
+func TestDeleteFailsWhenItCannotPublish(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	up := &fakeUpstream{}
+	fleet := newFleet(t, rdb, up, 2, nil)
+	tok, _, err := fleet[1].Get(context.Background(), viewerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	settle(fleet[1])
+	if _, res, _ := fleet[0].Get(context.Background(), viewerKey); res != ResultHitRedis {
+		t.Fatalf("instance 0 Get() = %v, want a Redis hit to hold the token locally", res)
+	}
+	client := ownClient(t, rdb)
+	client.AddHook(failPublish{channel: fleet[1].events.channel})
+	deleter := newCache(t, client, up, testOptions(nil))
+	err = deleter.Delete(context.Background(), viewerKey)
+	if err == nil {
+		// Then the token must be gone everywhere, as a 204 promises.
+		if got, _, _ := fleet[0].Get(context.Background(), viewerKey); got.Token == tok.Token {
+			t.Errorf("Delete() = nil though its publish failed, and instance 0 still serves the deleted token")
+		}
+		return
+	}
+	if !errors.Is(err, ErrRedisUnavailable) {
+		t.Errorf("Delete() = %v, want ErrRedisUnavailable (503 with Retry-After)", err)
+	}
+}
+
+// slowAfterDelete holds the caller for a while after Redis has run a
+// delete (the DEL, or a script on the events channel), as a slow network
+// would, so that the caller's deadline passes before the next command.
+type slowAfterDelete struct {
+	failPublish
+	hold time.Duration
+}
+
+func (h slowAfterDelete) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if cmd.Name() == "del" || h.publishes(cmd) && cmd.Name() != "publish" {
+			time.Sleep(h.hold)
+		}
+		return err
+	}
+}
+
+// A DELETE whose caller's deadline passes as it runs still reaches every
+// instance, or fails: the invalidation is not sent under the caller's
+// context.
+func TestDeleteOutlivesItsCaller(t *testing.T) {
+	rdb, _ := backends()[1].open(t)
+	up := &fakeUpstream{}
+	fleet := newFleet(t, rdb, up, 2, nil)
+	tok, _, err := fleet[1].Get(context.Background(), viewerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	settle(fleet[1])
+	if _, res, _ := fleet[0].Get(context.Background(), viewerKey); res != ResultHitRedis {
+		t.Fatalf("instance 0 Get() = %v, want a Redis hit to hold the token locally", res)
+	}
+	client := ownClient(t, rdb)
+	client.AddHook(slowAfterDelete{failPublish{fleet[1].events.channel}, 200 * time.Millisecond})
+	deleter := newCache(t, client, up, testOptions(nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := deleter.Delete(ctx, viewerKey); err != nil {
+		return // refused: nothing promised
+	}
+	time.Sleep(2 * time.Second) // the contract's bound
+	if got, _, _ := fleet[0].Get(context.Background(), viewerKey); got.Token == tok.Token {
+		t.Errorf("Delete() = nil, and 2 s later instance 0 still serves the deleted token")
+	}
+}
