@@ -270,7 +270,10 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 	}
 	c.refreshGate = otter.Must(&otter.Options[string, refreshState]{MaximumSize: 10000})
 	c.gets = &getBatcher{rdb: rdb, timeout: 2 * time.Second}
-	c.events = newEvents(c.id, c.opts.Prefix+keyVersion+":events", c.dropLocal, c.dropAllLocal, c.metrics)
+	// A key another instance changed is dropped here, and so is its fill
+	// under way: a Get after a Delete must not join a fetch begun before it.
+	forget := func(key string) { c.dropLocal(key); c.flights.forget(c, key) }
+	c.events = newEvents(c.id, c.opts.Prefix+keyVersion+":events", forget, c.dropAllLocal, c.metrics)
 	// Waiters for another instance's fetch check Redis rarely; when Redis
 	// fails they are told at once, and fetch on their own.
 	c.breaker = newBreaker(opts, c.metrics, c.events.wakeAll)

@@ -115,3 +115,50 @@ func TestDeleteOutlivesItsCaller(t *testing.T) {
 		t.Errorf("Delete() = nil, and 2 s later instance 0 still serves the deleted token")
 	}
 }
+
+// A Get after a Delete never joins a fetch begun before it, on the
+// instance that deleted or on another: that fetch's token is the one the
+// Delete meant to drop.
+func TestGetAfterDeleteStartsItsOwnFetch(t *testing.T) {
+	for _, where := range []string{"same instance", "another instance"} {
+		t.Run(where, func(t *testing.T) {
+			rdb, _ := backends()[1].open(t)
+			up := &gatedUpstream{gate: make(chan struct{})}
+			fleet := newFleet(t, rdb, up, 2, nil)
+			deleter := fleet[0]
+			if where == "another instance" {
+				deleter = fleet[1]
+			}
+			old := make(chan Token, 1)
+			go func() {
+				tok, _, _ := fleet[0].Get(context.Background(), viewerKey)
+				old <- tok
+			}()
+			eventually(t, "the first fetch to reach Polyv", func() bool { return fleet[0].fillQueuedOrCalling(viewerKey) })
+			if err := deleter.Delete(context.Background(), viewerKey); err != nil {
+				t.Fatal(err)
+			}
+			// The Delete's message reaches instance 0 within the contract's bound.
+			time.Sleep(200 * time.Millisecond)
+			after := make(chan Token, 1)
+			go func() {
+				tok, _, _ := fleet[0].Get(context.Background(), viewerKey)
+				after <- tok
+			}()
+			// Wait until the Get after the Delete has joined a fill: the
+			// first's (then 2 callers), or its own (after the Delete, 1).
+			time.Sleep(100 * time.Millisecond)
+			up.gate <- struct{}{} // the first fetch's call answers
+			first := <-old
+			close(up.gate)        // and any other
+			select {
+			case got := <-after:
+				if got.Token == first.Token {
+					t.Errorf("the Get after the Delete got the token of the fetch begun before it (%s)", got.Token)
+				}
+			case <-time.After(3 * time.Second):
+				t.Fatal("the Get after the Delete did not answer")
+			}
+		})
+	}
+}

@@ -264,3 +264,18 @@ func ownClient(tb testing.TB, rdb redis.UniversalClient) redis.UniversalClient {
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
 }
+
+// fillQueuedOrCalling reports whether a fill of k runs on c.
+func (c *Cache) fillQueuedOrCalling(k Key) bool { return c.fillCallers(k) > 0 }
+
+// fillCallers counts the callers waiting on c's fill of k.
+func (c *Cache) fillCallers(k Key) int {
+	c.flights.mu.Lock()
+	defer c.flights.mu.Unlock()
+	if f := c.flights.m[c.keysOf(k).value]; f != nil {
+		return f.callers
+	}
+	return 0
+}
+
+
