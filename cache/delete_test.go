@@ -150,7 +150,7 @@ func TestGetAfterDeleteStartsItsOwnFetch(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 			up.gate <- struct{}{} // the first fetch's call answers
 			first := <-old
-			close(up.gate)        // and any other
+			close(up.gate) // and any other
 			select {
 			case got := <-after:
 				if got.Token == first.Token {

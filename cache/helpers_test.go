@@ -277,5 +277,3 @@ func (c *Cache) fillCallers(k Key) int {
 	}
 	return 0
 }
-
-
