@@ -14,7 +14,14 @@ type tokenCache struct {
 	max   int
 	order list.List // of *cached, most recent first
 	byKey map[string]*list.Element
+	// gens counts each key's deletes, so that a fetch begun before one
+	// stores nothing; epoch moves instead once gens grows past max.
+	gens  map[string]uint64
+	epoch uint64
 }
+
+// generation is a key's count of deletes, as a fetch sees it when it begins.
+type generation struct{ epoch, n uint64 }
 
 type cached struct {
 	key   string
@@ -23,7 +30,7 @@ type cached struct {
 }
 
 func newTokenCache(max int) *tokenCache {
-	return &tokenCache{max: max, byKey: map[string]*list.Element{}}
+	return &tokenCache{max: max, byKey: map[string]*list.Element{}, gens: map[string]uint64{}}
 }
 
 func (c *tokenCache) get(key string, now time.Time) (ChatToken, bool) {
@@ -43,12 +50,23 @@ func (c *tokenCache) get(key string, now time.Time) (ChatToken, bool) {
 	return e.token, true
 }
 
-func (c *tokenCache) put(key string, t ChatToken, until time.Time) {
+// gen returns key's generation, for putIf.
+func (c *tokenCache) gen(key string) generation {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return generation{c.epoch, c.gens[key]}
+}
+
+// putIf keeps t for key until until, unless key was deleted since g.
+func (c *tokenCache) putIf(key string, t ChatToken, until time.Time, g generation) {
 	if !time.Now().Before(until) {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if g != (generation{c.epoch, c.gens[key]}) {
+		return
+	}
 	if el, ok := c.byKey[key]; ok {
 		el.Value = &cached{key, t, until}
 		c.order.MoveToFront(el)
@@ -62,9 +80,16 @@ func (c *tokenCache) put(key string, t ChatToken, until time.Time) {
 	}
 }
 
+// remove drops key's token and moves its generation on, so that no fetch
+// begun before stores one.
 func (c *tokenCache) remove(key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.gens[key]++
+	if len(c.gens) > c.max {
+		c.gens = map[string]uint64{}
+		c.epoch++
+	}
 	if el, ok := c.byKey[key]; ok {
 		c.order.Remove(el)
 		delete(c.byKey, key)

@@ -119,10 +119,14 @@ func (c *Client) ChatToken(ctx context.Context, req ChatTokenRequest) (ChatToken
 		}
 	}
 	fetch := func(ctx context.Context) (ChatToken, error) {
+		var g generation
+		if c.cache != nil {
+			g = c.cache.gen(key)
+		}
 		var t ChatToken
 		err := c.do(ctx, http.MethodGet, chatPath(req.ChannelID)+"?"+chatQuery(req), nil, &t)
 		if err == nil && c.cache != nil {
-			c.cache.put(key, t, t.ExpiresAt.Add(-c.opts.ExpiryMargin))
+			c.cache.putIf(key, t, t.ExpiresAt.Add(-c.opts.ExpiryMargin), g)
 		}
 		return t, err
 	}
@@ -160,10 +164,19 @@ func outOfTime(err error) bool {
 // DeleteChatToken drops req's token from tokencache (and from this client's
 // memory); it succeeds when there was none.
 func (c *Client) DeleteChatToken(ctx context.Context, req ChatTokenRequest) error {
-	if c.cache != nil {
-		c.cache.remove(cacheKey(req))
+	key := cacheKey(req)
+	forget := func() {
+		c.group.Forget(key) // the next ask starts its own call
+		if c.cache != nil {
+			c.cache.remove(key)
+		}
 	}
-	return c.do(ctx, http.MethodDelete, chatPath(req.ChannelID)+"?"+chatQuery(req), nil, nil)
+	forget()
+	err := c.do(ctx, http.MethodDelete, chatPath(req.ChannelID)+"?"+chatQuery(req), nil, nil)
+	// Again once the server has deleted: a fetch that raced the DELETE may
+	// have brought the old token back.
+	forget()
+	return err
 }
 
 // ChannelToken returns channelID's old channel token.
@@ -197,6 +210,13 @@ func (c *Client) ChatTokens(ctx context.Context, channelID string, items []BulkI
 	results := make([]BulkResult, 0, len(items))
 	for start := 0; start < len(items); start += maxBulk {
 		chunk := items[start:min(start+maxBulk, len(items))]
+		gens := map[string]generation{} // as each item's fetch begins
+		if c.cache != nil {
+			for _, it := range chunk {
+				key := cacheKey(ChatTokenRequest{ChannelID: channelID, UserID: it.UserID, Role: it.Role, Origin: it.Origin})
+				gens[key] = c.cache.gen(key)
+			}
+		}
 		body, _ := json.Marshal(map[string][]BulkItem{"requests": chunk})
 		var out struct {
 			Results []json.RawMessage `json:"results"`
@@ -222,7 +242,7 @@ func (c *Client) ChatTokens(ctx context.Context, channelID string, items []BulkI
 			results = append(results, BulkResult{Token: r.ChatToken})
 			if c.cache != nil {
 				key := cacheKey(ChatTokenRequest{ChannelID: channelID, UserID: r.UserID, Role: r.Role, Origin: r.Origin})
-				c.cache.put(key, r.ChatToken, r.ExpiresAt.Add(-c.opts.ExpiryMargin))
+				c.cache.putIf(key, r.ChatToken, r.ExpiresAt.Add(-c.opts.ExpiryMargin), gens[key])
 			}
 		}
 	}

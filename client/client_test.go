@@ -247,3 +247,43 @@ func TestRetryAfterAndDeadline(t *testing.T) {
 		t.Errorf("ChatToken() without room for a retry = %v after %v, want the 503 at once", err, time.Since(start))
 	}
 }
+
+// A fetch that was under way when a DELETE returned does not put the
+// deleted token back in the client's memory, and the next ask goes to the
+// server.
+func TestDeleteWinsOverAFetchUnderWay(t *testing.T) {
+	var gets atomic.Int64
+	release := make(chan struct{})
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodDelete {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		n := gets.Add(1)
+		if n == 1 {
+			<-release // the first fetch answers only after the DELETE
+		}
+		fmt.Fprintf(w, `{"token":"tok-%d","userId":"u","expiresAt":%q}`, n, time.Now().Add(6*time.Hour).Format(time.RFC3339))
+	}))
+	t.Cleanup(ts.Close)
+	c := newClient(t, ts.URL, apiKey, client.Options{CacheSize: 100})
+	ctx := context.Background()
+	first := make(chan string, 1)
+	go func() {
+		tok, _ := c.ChatToken(ctx, viewer)
+		first <- tok.Token
+	}()
+	for gets.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if err := c.DeleteChatToken(ctx, viewer); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if got := <-first; got != "tok-1" {
+		t.Fatalf("the fetch under way got %q", got)
+	}
+	if tok, err := c.ChatToken(ctx, viewer); err != nil || tok.Token == "tok-1" {
+		t.Errorf("ChatToken() after the DELETE = %q, %v; want a new token, not the deleted one", tok.Token, err)
+	}
+}
