@@ -287,3 +287,24 @@ func TestDeleteWinsOverAFetchUnderWay(t *testing.T) {
 		t.Errorf("ChatToken() after the DELETE = %q, %v; want a new token, not the deleted one", tok.Token, err)
 	}
 }
+
+// A call that runs to its deadline gets the server's answer: the client
+// tells the server a deadline a little before its own.
+func TestServerAnswerArrivesBeforeTheDeadline(t *testing.T) {
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		secs, _ := strconv.ParseFloat(r.Header.Get("Request-Timeout"), 64)
+		time.Sleep(time.Duration(secs * float64(time.Second))) // works until the deadline it was given
+		w.Header().Set("Retry-After", "2")
+		w.WriteHeader(http.StatusGatewayTimeout)
+		fmt.Fprint(w, `{"error":{"code":"upstream_timeout","message":"Polyv did not answer in time"}}`)
+	}))
+	t.Cleanup(ts.Close)
+	c := newClient(t, ts.URL, apiKey, client.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := c.ChatToken(ctx, viewer)
+	var e *client.Error
+	if !errors.As(err, &e) || e.Status != http.StatusGatewayTimeout || e.Code != client.CodeUpstreamTimeout {
+		t.Errorf("ChatToken() = %v, want the server's 504 as *client.Error", err)
+	}
+}
