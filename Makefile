@@ -16,8 +16,8 @@ build: ## build the three binaries into bin/
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 .PHONY: run
-run: ## start the service in demo mode: embedded Redis and Polyv simulator; API key local-dev-key unless TOKENCACHE_API_KEYS is set
-	TOKENCACHE_API_KEYS=$${TOKENCACHE_API_KEYS:-local-dev-key} $(GO) run ./cmd/tokencache -demo
+run: ## start the service in demo mode: embedded Redis and Polyv simulator; API key local-dev-key unless TOKENCACHE_API_KEYS or TOKENCACHE_API_KEYS_FILE is set
+	if [ -z "$${TOKENCACHE_API_KEYS_FILE:-}" ]; then export TOKENCACHE_API_KEYS=$${TOKENCACHE_API_KEYS:-local-dev-key}; fi; $(GO) run ./cmd/tokencache -demo
 
 .PHONY: test
 test: ## run every test with the race detector (needs redis-server on PATH)

@@ -211,8 +211,25 @@ func loadConfig(args []string, getenv func(string) string, stdout io.Writer) (Co
 }
 
 // readFiles loads the secret and the API keys from their files, if set.
+// A setting given both directly and as a file is a problem: taking either
+// silently would let a leftover outlive a rotation.
 func (c *Config) readFiles() []string {
 	var problems []string
+	for _, pair := range []struct {
+		name         string
+		direct, file bool
+	}{
+		{"POLYV_APP_SECRET", c.AppSecret.Reveal() != "", c.AppSecretFile != ""},
+		{"TOKENCACHE_API_KEYS", len(c.APIKeys) > 0, c.APIKeysFile != ""},
+		{"TOKENCACHE_ENCRYPTION_KEYS", c.EncKeysRaw.Reveal() != "", c.EncKeysFile != ""},
+	} {
+		if pair.direct && pair.file {
+			problems = append(problems, fmt.Sprintf("%s and %s_FILE are both set; set one", pair.name, pair.name))
+		}
+	}
+	if len(problems) > 0 {
+		return problems
+	}
 	if c.AppSecretFile != "" {
 		b, err := os.ReadFile(c.AppSecretFile)
 		if err != nil {

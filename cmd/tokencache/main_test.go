@@ -363,6 +363,11 @@ func TestAccessConfigProblems(t *testing.T) {
 			`TOKENCACHE_API_KEYS_FILE: key 1 ("a"): roles: "superuser" is not valid`,
 			`TOKENCACHE_API_KEYS_FILE: key "a": the name is used twice`}},
 		{map[string]string{"TOKENCACHE_API_KEYS": "k", "TOKENCACHE_BULK_SHARE": "1.5"}, []string{"TOKENCACHE_BULK_SHARE=1.5: must be above 0 and at most 1"}},
+		// One setting from two sources: neither is taken silently.
+		{map[string]string{"TOKENCACHE_API_KEYS": "k", "TOKENCACHE_API_KEYS_FILE": broken, "POLYV_APP_SECRET_FILE": broken, "TOKENCACHE_ENCRYPTION_KEYS": "x", "TOKENCACHE_ENCRYPTION_KEYS_FILE": broken}, []string{
+			"TOKENCACHE_API_KEYS and TOKENCACHE_API_KEYS_FILE are both set; set one",
+			"POLYV_APP_SECRET and POLYV_APP_SECRET_FILE are both set; set one",
+			"TOKENCACHE_ENCRYPTION_KEYS and TOKENCACHE_ENCRYPTION_KEYS_FILE are both set; set one"}},
 		// The cache's own rules, worded as settings.
 		{map[string]string{"TOKENCACHE_API_KEYS": "k", "TOKENCACHE_LOCAL_SIZE": "-1", "TOKENCACHE_REFRESH_AFTER": "6h", "TOKENCACHE_NEGATIVE_TTL": "-1s"}, []string{
 			"TOKENCACHE_LOCAL_SIZE=-1: must be 0 (off) or more",
