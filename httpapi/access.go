@@ -156,6 +156,27 @@ func (a *Auditor) served(c echo.Context, route string, k cache.Key, res cache.Re
 	a.record(c.Request().Context(), name, route, k, string(res), outcome)
 }
 
+// action records a DELETE or a legacy token served, whoever asked and
+// whatever the access log's level: key, route and channel (and the role of
+// a deleted token), never the userId or the token.
+func (a *Auditor) action(c echo.Context, route string, k cache.Key, err error) {
+	if a == nil {
+		return
+	}
+	outcome, name := "ok", "-"
+	if err != nil {
+		outcome = toAPIError(err).Code
+	}
+	if key := apiKey(c); key != nil {
+		name = key.Name
+	}
+	attrs := []slog.Attr{slog.String("key", name), slog.String("route", route), slog.String("channel", k.ChannelID)}
+	if k.Kind == cache.KindChat {
+		attrs = append(attrs, slog.String("role", k.Role))
+	}
+	a.log.LogAttrs(c.Request().Context(), slog.LevelInfo, "audit", append(attrs, slog.String("outcome", outcome))...)
+}
+
 func (a *Auditor) record(ctx context.Context, keyName, route string, k cache.Key, result, outcome string) {
 	if a == nil {
 		return

@@ -225,3 +225,24 @@ func TestReloadSwapsKeys(t *testing.T) {
 		t.Error("after reload: the old key should fail, the new and the kept ones work")
 	}
 }
+
+// Every DELETE and every legacy token served is audited: key, route and
+// channel, never the userId or the token.
+func TestDeletesAndLegacyAudited(t *testing.T) {
+	var log bytes.Buffer
+	e := newScopedAPI(t, &fakeCache{}, &log)
+	if w := send(e, "ops-key", "DELETE", "/v1/channels/7/chat-token?userId=secret-viewer&role=viewer", ""); w.Code != 204 {
+		t.Fatalf("DELETE = %d", w.Code)
+	}
+	if w := send(e, "ops-key", "GET", "/v1/channels/8/token", ""); w.Code != 200 {
+		t.Fatalf("legacy = %d", w.Code)
+	}
+	for _, want := range []string{`"key":"ops","route":"delete","channel":"7"`, `"key":"ops","route":"legacy","channel":"8"`} {
+		if !strings.Contains(log.String(), want) {
+			t.Errorf("no audit record with %s in:\n%s", want, log.String())
+		}
+	}
+	if strings.Contains(log.String(), "secret-viewer") || strings.Contains(log.String(), "tok-") {
+		t.Errorf("the audit log holds a userId or a token:\n%s", log.String())
+	}
+}

@@ -118,7 +118,9 @@ func (s *server) deleteChatToken(c echo.Context) error {
 		return err
 	}
 	defer cancel()
-	if err := s.opts.Cache.Delete(ctx, k); err != nil {
+	err = s.opts.Cache.Delete(ctx, k)
+	s.opts.Auditor.action(c, RouteDelete, k, err)
+	if err != nil {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)
@@ -156,6 +158,7 @@ func (s *server) getChannelToken(c echo.Context) error {
 	}
 	defer cancel()
 	tok, res, err := s.opts.Cache.Get(ctx, cache.ChannelKey(channelID))
+	s.opts.Auditor.action(c, RouteLegacy, cache.ChannelKey(channelID), err)
 	h.Set("Cache-Status", cacheStatus(res))
 	if err != nil {
 		return err
