@@ -165,12 +165,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	keys := httpapi.NewKeys(cfg.Keys)
-	if cfg.APIKeysFile != "" {
-		reloadCtx, stopReload := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() { defer close(done); reloadKeys(reloadCtx, cfg, keys, log) }()
-		cleanup = append(cleanup, func() { stopReload(); <-done })
-	}
+	// SIGHUP is always caught, so that a reload habit (systemd's
+	// ExecReload, a script) never takes the service down.
+	reloadCtx, stopReload := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); reloadKeys(reloadCtx, cfg, keys, log) }()
+	cleanup = append(cleanup, func() { stopReload(); <-done })
 	apiOpts := httpapi.Options{
 		Cache: tc, Keys: keys, Auditor: auditor, AuthDisabled: cfg.Auth == "none", EmbeddedRedis: embedded != nil,
 		Logger: log, Registry: reg, BulkTimeout: bulkTimeout, AdminElsewhere: cfg.AdminAddr != "", Pprof: cfg.Pprof, AccessLog: cfg.AccessLog,
@@ -349,11 +349,21 @@ var keysCheckEvery = 3 * time.Second
 
 // reloadKeys reloads the API keys file on SIGHUP and whenever its content
 // changes, until ctx ends. A broken file keeps the keys in force and logs one
-// error.
+// error. Without a keys file, SIGHUP is logged and ignored.
 func reloadKeys(ctx context.Context, cfg Config, keys *httpapi.Keys, log *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	if cfg.APIKeysFile == "" {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				log.Info("SIGHUP ignored: there is no keys file to reload (TOKENCACHE_API_KEYS_FILE is not set)")
+			}
+		}
+	}
 	last, _ := os.ReadFile(cfg.APIKeysFile)
 	tick := time.NewTicker(keysCheckEvery)
 	defer tick.Stop()

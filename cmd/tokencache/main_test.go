@@ -485,6 +485,25 @@ func TestKeysReloadOnSIGHUP(t *testing.T) {
 	}
 }
 
+// SIGHUP without a keys file is logged and ignored: it never stops the
+// server.
+func TestSIGHUPWithoutKeysFile(t *testing.T) {
+	url, _, stderr, _ := startRun(t, []string{"-demo"}, map[string]string{"TOKENCACHE_ADDR": "127.0.0.1:0", "TOKENCACHE_API_KEYS": "k"})
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(stderr.String(), "SIGHUP ignored") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line for the SIGHUP:\n%s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := tokenStatus(url, "k"); got != 200 {
+		t.Errorf("after SIGHUP the server answers %d, want 200", got)
+	}
+}
+
 // tokenStatus is the status of one chat-token request to url with key, or
 // 0 when the request fails. It never stops the test, so a goroutine may call it.
 func tokenStatus(url, key string) int {
