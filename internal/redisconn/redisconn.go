@@ -63,9 +63,14 @@ func tune(dial, read, write, pool *time.Duration, maxRetries, dialerRetries *int
 
 // Open returns a client of the Redis that o names.
 func Open(o Options) (redis.UniversalClient, error) {
-	// Parse errors may quote the URL, password and all.
+	// Parse errors may quote the URL, or a piece of the password where a
+	// '?', '#' or '/' in it cut the URL short: such an error is never shown.
 	urlErr := func(err error) error {
-		return fmt.Errorf("REDIS_URL %s: %s", RedactURL(o.URL), strings.ReplaceAll(err.Error(), o.URL, RedactURL(o.URL)))
+		msg := strings.ReplaceAll(err.Error(), o.URL, RedactURL(o.URL))
+		if secret := userinfo(o.URL); secret != "" && leaks(msg, secret) {
+			msg = "not a valid URL; percent-encode any ?, #, / or @ in the user name or password"
+		}
+		return fmt.Errorf("REDIS_URL %s: %s", RedactURL(o.URL), msg)
 	}
 	tlsConfig := func(tc **tls.Config) error {
 		if *tc == nil {
@@ -142,6 +147,31 @@ func noMaint() *maintnotifications.Config {
 	return &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 }
 
+// userinfo is what lies between a URL's "://" and its last '@'.
+func userinfo(u string) string {
+	_, rest, ok := strings.Cut(u, "://")
+	if !ok {
+		return ""
+	}
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		return rest[:at]
+	}
+	return ""
+}
+
+// leaks reports whether msg holds any three characters in a row of secret.
+func leaks(msg, secret string) bool {
+	if len(secret) < 3 {
+		return strings.Contains(msg, secret)
+	}
+	for i := 0; i+3 <= len(secret); i++ {
+		if strings.Contains(msg, secret[i:i+3]) {
+			return true
+		}
+	}
+	return false
+}
+
 // RedactURL hides the secrets of a URL: user info, and every query
 // parameter whose name holds "password" (Sentinel's password= and
 // sentinel_password=).
@@ -153,10 +183,11 @@ func RedactURL(u string) string {
 	if !ok {
 		return "[unparseable]"
 	}
-	rest, query, hasQuery := strings.Cut(rest, "?")
+	// The user info runs to the last '@', whatever it holds.
 	if at := strings.LastIndex(rest, "@"); at >= 0 {
 		rest = "[redacted]@" + rest[at+1:]
 	}
+	rest, query, hasQuery := strings.Cut(rest, "?")
 	if hasQuery {
 		params := strings.Split(query, "&")
 		for i, p := range params {

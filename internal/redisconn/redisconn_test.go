@@ -3,6 +3,7 @@ package redisconn_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -113,6 +114,17 @@ func TestRedactURL(t *testing.T) {
 	} {
 		if got := redisconn.RedactURL(tt.in); got != tt.want {
 			t.Errorf("RedactURL(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+// A password holding URL delimiters never shows in an error, whatever the
+// parser made of the URL.
+func TestOpenErrorHidesAnAwkwardPassword(t *testing.T) {
+	for _, secret := range []string{"SEC?RET1", "SEC#RET2", "SEC/RET3", "SEC@RET4"} {
+		_, err := redisconn.Open(redisconn.Options{URL: "redis://user:" + secret + "@127.0.0.1:6379/0"})
+		if err != nil && (strings.Contains(err.Error(), "SEC") || strings.Contains(err.Error(), "RET")) {
+			t.Errorf("Open() with password %q = %v", secret, err)
 		}
 	}
 }
