@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -106,5 +107,22 @@ func TestAccessLogModes(t *testing.T) {
 		if !strings.Contains(log.String(), `"latency_ms":`) || !strings.Contains(log.String(), `"status":404`) {
 			t.Errorf("mode %s: lines lack latency_ms or status:\n%s", tt.mode, log.String())
 		}
+	}
+}
+
+// Invisible characters that are neither control nor format characters
+// (Hangul fillers, the blank Braille pattern, the replacement character of
+// a broken surrogate) are refused in a userId too: two ids that look alike
+// must be alike.
+func TestInvisibleUserIDRefused(t *testing.T) {
+	e := newTestAPI(t, &fakeCache{})
+	for _, id := range []string{"a\u3164b", "a\u2800b", "\u115f", "\u1160x", "x\uffa0", "a\ufffdb"} {
+		w := do(e, "GET", chatPath+"?userId="+url.QueryEscape(id)+"&role=viewer", "")
+		if w.Code != 400 || !strings.Contains(w.Body.String(), `"field":"userId"`) {
+			t.Errorf("userId %q = %d %s, want 400 naming userId", id, w.Code, w.Body)
+		}
+	}
+	if w := do(e, "GET", chatPath+"?userId="+url.QueryEscape("王小明-1b448be323")+"&role=viewer", ""); w.Code != 200 {
+		t.Errorf("a visible non-ASCII userId = %d, want 200", w.Code)
 	}
 }

@@ -73,16 +73,22 @@ func validateChat(r cache.Key) error {
 	return nil
 }
 
-// hasControl reports control characters, and format characters (Cf: bidi
-// overrides, zero-width spaces) that make one id look like another.
+// hasControl reports control characters, format characters (Cf: bidi
+// overrides, zero-width spaces), and the other characters that show as
+// nothing (see invisible), which make one id look like another.
 func hasControl(s string) bool {
 	for _, r := range s {
-		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || invisible[r] {
 			return true
 		}
 	}
 	return false
 }
+
+// invisible are letters and symbols that render as blank: the Hangul
+// fillers, the blank Braille pattern, and U+FFFD, which a JSON decoder puts
+// in place of a broken surrogate.
+var invisible = map[rune]bool{'\u115f': true, '\u1160': true, '\u3164': true, '\uffa0': true, '\u2800': true, '\ufffd': true}
 
 // chatParams are the query parameters of the chat-token routes.
 var chatParams = []string{"userId", "role", "origin"}
