@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"math"
+	"mime"
 	"net/http"
 	"strconv"
 	"sync"
@@ -190,8 +191,17 @@ func (s *server) bulkChatTokens(c echo.Context) error {
 	if err := validateChannelID(channelID); err != nil {
 		return err
 	}
+	if err := readQuery(c.Request().URL.RawQuery, nil); err != nil {
+		return err
+	}
 	if err := checkChannel(c, channelID); err != nil {
 		return err
+	}
+	if ct := c.Request().Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			return &apiError{Status: http.StatusUnsupportedMediaType, Code: codeInvalidArgument, Field: "Content-Type",
+				Message: "the body must be JSON: send Content-Type: application/json"}
+		}
 	}
 	items, err := decodeBulk(c.Request().Body)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
@@ -124,5 +125,27 @@ func TestInvisibleUserIDRefused(t *testing.T) {
 	}
 	if w := do(e, "GET", chatPath+"?userId="+url.QueryEscape("王小明-1b448be323")+"&role=viewer", ""); w.Code != 200 {
 		t.Errorf("a visible non-ASCII userId = %d, want 200", w.Code)
+	}
+}
+
+// The bulk route refuses what the other routes refuse: unknown query
+// parameters (400), and a body that is not JSON by its Content-Type (415).
+func TestBulkRefusesStrayQueryAndContentType(t *testing.T) {
+	e := newTestAPI(t, &fakeCache{})
+	body := `{"requests":[{"userId":"a","role":"viewer"}]}`
+	path := "/v1/channels/2094979/chat-tokens"
+	if w := do(e, "POST", path+"?x=1", body); w.Code != 400 {
+		t.Errorf("bulk with ?x=1 = %d, want 400", w.Code)
+	}
+	req := httptest.NewRequest("POST", path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	req.Header.Set("Content-Type", "text/plain")
+	w := httptest.NewRecorder()
+	e.ServeHTTP(w, req)
+	if w.Code != http.StatusUnsupportedMediaType || !strings.Contains(w.Body.String(), "application/json") {
+		t.Errorf("bulk as text/plain = %d %s, want 415 naming application/json", w.Code, w.Body)
+	}
+	if w := do(e, "POST", path, body); w.Code != 200 {
+		t.Errorf("bulk as JSON = %d, want 200", w.Code)
 	}
 }
