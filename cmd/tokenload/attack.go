@@ -282,8 +282,28 @@ func (t *targetList) Set(s string) error {
 	if len(add) == 0 {
 		return errors.New("empty target")
 	}
+	for i, a := range add {
+		u, err := baseURL(a)
+		if err != nil {
+			return err
+		}
+		add[i] = u
+	}
 	*t = append(*t, add...)
 	return nil
+}
+
+// baseURL checks a target: a URL such as http://127.0.0.1:8080, or a bare
+// host:port, taken as http://host:port.
+func baseURL(s string) (string, error) {
+	if !strings.Contains(s, "://") {
+		s = "http://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", fmt.Errorf("%q is not a base URL such as http://127.0.0.1:8080", s)
+	}
+	return strings.TrimRight(s, "/"), nil
 }
 
 func (t targetList) orDefault() []string {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/tokencache/tokencache/cache"
 	"github.com/tokencache/tokencache/httpapi"
+	"github.com/tokencache/tokencache/internal/cli"
 	"github.com/tokencache/tokencache/polyv"
 	"github.com/tokencache/tokencache/polyv/polyvsim"
 )
@@ -405,6 +407,27 @@ func TestCompare(t *testing.T) {
 	for _, want := range []string{"| hit | 3 | 0 | 80 | 0.90 | 40.0 µs | 0.75 | 3ms |", "| m | 3 | 0 | 0 | 0.00 | - | - |", "m overhead: median miss latency 104.0 ms - simulator latency 100 ms = 4.0 ms"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("compare output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// A -target without a scheme is taken as http://, and a target that is no
+// URL is a usage error (exit 2), never a panic.
+func TestTargetWithoutScheme(t *testing.T) {
+	api, _ := startService(t)
+	hostPort := strings.TrimPrefix(api, "http://")
+	var stdout, stderr bytes.Buffer
+	err := attackCmd(context.Background(), []string{"-target", hostPort, "-key", "k", "-rate", "50", "-duration", "200ms",
+		"-channels", "1", "-users", "5", "-json", "-quiet"}, &stdout, &stderr)
+	var r attackReport
+	if jerr := json.Unmarshal(stdout.Bytes(), &r); err != nil || jerr != nil || r.StatusCodes["200"] == 0 {
+		t.Errorf("attack -target %s: %v, statuses %v", hostPort, err, r.StatusCodes)
+	}
+	for _, cmd := range []func(context.Context, []string, io.Writer, io.Writer) error{attackCmd, warmCmd} {
+		err := cmd(context.Background(), []string{"-target", "ht!tp://x y", "-key", "k", "-generate", "1"}, io.Discard, io.Discard)
+		var usage *cli.UsageError
+		if !errors.As(err, &usage) {
+			t.Errorf("a target that is no URL: %v, want a usage error", err)
 		}
 	}
 }

@@ -51,6 +51,11 @@ func warmCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := cli.Parse(fs, args, stdout, ""); err != nil {
 		return err
 	}
+	base, err := baseURL(*target)
+	if err != nil {
+		return &cli.UsageError{Msg: "-target: " + err.Error()}
+	}
+	*target = base
 	if *batch < 1 || *batch > 1000 {
 		return errors.New("-batch must be 1 to 1000")
 	}

@@ -102,11 +102,6 @@ func waveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		*keyC = *keyA
 	}
 	bases := targets.orDefault()
-	for _, b := range bases {
-		if u, err := url.Parse(b); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return &cli.UsageError{Msg: fmt.Sprintf("-target %q: want a URL such as http://127.0.0.1:8080", b)}
-		}
-	}
 	scrape := splitTargets(*metricsURLs)
 	if len(scrape) == 0 {
 		for _, b := range bases {
