@@ -25,7 +25,7 @@ func compareCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tokenload compare", flag.ContinueOnError)
 	markdown := fs.Bool("markdown", false, "print a Markdown table")
 	missLatency := fs.Duration("sim-latency", 0, "simulator latency of the miss runs, to report the miss overhead")
-	var missNames targetList
+	var missNames labelList
 	fs.Var(&missNames, "miss", "label of a miss run, or label:upstream-label to measure its overhead over an `attack -polyv` run under the same load; repeat it or separate with commas")
 	if err := cli.Parse(fs, args, stdout, ""); err != nil {
 		return err
@@ -177,4 +177,17 @@ func median(xs []float64) float64 {
 func medianRound(rounds []attackReport) attackReport {
 	s := slices.SortedFunc(slices.Values(rounds), func(a, b attackReport) int { return cmp.Compare(a.Throughput, b.Throughput) })
 	return s[(len(s)-1)/2]
+}
+
+// labelList is -miss: repeatable, and comma-separated within one.
+type labelList []string
+
+func (l *labelList) String() string { return strings.Join(*l, ",") }
+func (l *labelList) Set(s string) error {
+	add := splitTargets(s)
+	if len(add) == 0 {
+		return errors.New("empty label")
+	}
+	*l = append(*l, add...)
+	return nil
 }
