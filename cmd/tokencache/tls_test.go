@@ -152,3 +152,40 @@ func TestCheckPolyvAndReadyz(t *testing.T) {
 		t.Errorf("/readyz polyv = %q (%v), want ok after the check", ready.Polyv, err)
 	}
 }
+
+// TLS 1.2 is served with AEAD suites only: a client offering only a CBC
+// suite is refused.
+func TestTLS12OnlyAEAD(t *testing.T) {
+	certs := testcerts.Write(t)
+	tc, err := serverTLS(Config{TLSCertFile: certs.ServerCert, TLSKeyFile: certs.ServerKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _ = c.(*tls.Conn).Handshake(); c.Close() }()
+		}
+	}()
+	dial := func(suite uint16) error {
+		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{suite}})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := dial(tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA); err == nil {
+		t.Error("a TLS 1.2 client offering only CBC-SHA1 was served")
+	}
+	if err := dial(tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256); err != nil {
+		t.Errorf("a TLS 1.2 client offering AES-GCM: %v", err)
+	}
+}
