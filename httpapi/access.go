@@ -72,7 +72,15 @@ func (s *server) auth(route string) echo.MiddlewareFunc {
 		ErrorHandler: func(error, echo.Context) error { return unauthenticated },
 	})
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
-		return keyAuth(func(c echo.Context) error { return check(apiKey(c), c, next) })
+		authed := keyAuth(func(c echo.Context) error { return check(apiKey(c), c, next) })
+		return func(c echo.Context) error {
+			// One key per request: with several, one good key would let
+			// the others through unread.
+			if len(c.Request().Header.Values(echo.HeaderAuthorization)) > 1 {
+				return invalid("Authorization", "send one Authorization header, not several")
+			}
+			return authed(c)
+		}
 	}
 }
 

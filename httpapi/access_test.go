@@ -246,3 +246,17 @@ func TestDeletesAndLegacyAudited(t *testing.T) {
 		t.Errorf("the audit log holds a userId or a token:\n%s", log.String())
 	}
 }
+
+// A request with several Authorization headers is refused, even if one of
+// them holds a good key.
+func TestSeveralAuthorizationHeaders(t *testing.T) {
+	e := newScopedAPI(t, &fakeCache{}, nil)
+	req := httptest.NewRequest("GET", "/v1/channels/1/chat-token?userId=u&role=viewer", nil)
+	req.Header.Add("Authorization", "Bearer nope")
+	req.Header.Add("Authorization", "Bearer ops-key")
+	w := httptest.NewRecorder()
+	e.ServeHTTP(w, req)
+	if w.Code != 400 || !strings.Contains(w.Body.String(), "Authorization") {
+		t.Errorf("two Authorization headers = %d %s, want 400 naming Authorization", w.Code, w.Body)
+	}
+}
