@@ -338,10 +338,17 @@ func TestUnavailableSaysWhy(t *testing.T) {
 	}
 }
 
-// pprof never serves the command line: flags may hold secrets.
+// pprof is served on the admin listener only, and never the command line:
+// flags may hold secrets.
 func TestPprofHidesTheCommandLine(t *testing.T) {
-	e := New(Options{Cache: &fakeCache{}, Logger: newTestLogger(), Pprof: true})
+	public := New(Options{Cache: &fakeCache{}, Logger: newTestLogger(), Pprof: true})
 	w := httptest.NewRecorder()
+	public.ServeHTTP(w, httptest.NewRequest("GET", "/debug/pprof/goroutine?debug=1", nil))
+	if w.Code != http.StatusNotFound {
+		t.Errorf("pprof on the public listener = %d, want 404", w.Code)
+	}
+	e := NewAdmin(Options{Cache: &fakeCache{}, Logger: newTestLogger(), Pprof: true})
+	w = httptest.NewRecorder()
 	e.ServeHTTP(w, httptest.NewRequest("GET", "/debug/pprof/cmdline", nil))
 	if w.Code != http.StatusNotFound {
 		t.Errorf("/debug/pprof/cmdline = %d %q, want 404", w.Code, w.Body.String())

@@ -127,7 +127,7 @@ func New(opts Options) *echo.Echo {
 		}}),
 	)
 	if !opts.AdminElsewhere {
-		s.adminRoutes(e)
+		s.adminRoutes(e, false) // pprof only ever on the admin listener
 	}
 	e.GET("/openapi.yaml", func(c echo.Context) error { return c.Blob(http.StatusOK, "application/yaml", OpenAPISpec) })
 
@@ -149,7 +149,7 @@ func NewAdmin(opts Options) *echo.Echo {
 	s := &server{opts: opts}
 	e := newEcho(opts)
 	e.Use(middleware.Recover())
-	s.adminRoutes(e)
+	s.adminRoutes(e, s.opts.Pprof)
 	return e
 }
 
@@ -169,11 +169,11 @@ func newEcho(opts Options) *echo.Echo {
 	return e
 }
 
-func (s *server) adminRoutes(e *echo.Echo) {
+func (s *server) adminRoutes(e *echo.Echo, pprof bool) {
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{})))
-	if s.opts.Pprof {
+	if pprof {
 		e.GET("/debug/pprof/*", echo.WrapHandler(http.HandlerFunc(pprofHandler)))
 	}
 }

@@ -104,7 +104,7 @@ func (c *Config) settings() []setting {
 		{"TOKENCACHE_TLS_CLIENT_CA_FILE", "", "CA (PEM) whose client certificates are required (mTLS)", (*stringValue)(&c.TLSClientCA)},
 		{"TOKENCACHE_ADMIN_ADDR", "", "serve /healthz, /readyz and /metrics here only", (*stringValue)(&c.AdminAddr)},
 		{"TOKENCACHE_CHECK_POLYV", "false", "sign one get-token call at start and refuse to start if Polyv rejects the credentials", (*boolValue)(&c.CheckPolyv)},
-		{"TOKENCACHE_PPROF", "false", "serve net/http/pprof under /debug/pprof/ beside /metrics (never /debug/pprof/cmdline, which would show secrets given as flags)", (*boolValue)(&c.Pprof)},
+		{"TOKENCACHE_PPROF", "false", "serve net/http/pprof under /debug/pprof/ on the admin listener (needs TOKENCACHE_ADMIN_ADDR; never /debug/pprof/cmdline, which would show secrets given as flags)", (*boolValue)(&c.Pprof)},
 		{"REDIS_TLS_CA_FILE", "", "CA (PEM) that signed Redis's certificate, for rediss://", (*stringValue)(&c.RedisTLSCA)},
 		{"REDIS_TLS_CERT_FILE", "", "client certificate (PEM) for Redis", (*stringValue)(&c.RedisTLSCert)},
 		{"REDIS_TLS_KEY_FILE", "", "client private key (PEM) for Redis", (*stringValue)(&c.RedisTLSKey)},
@@ -277,6 +277,9 @@ func (c *Config) validate() []string {
 		if c.Keys.Len() == 0 && c.APIKeysFile == "" && c.Auth != "none" {
 			p = append(p, "TOKENCACHE_API_KEYS or TOKENCACHE_API_KEYS_FILE is required; set TOKENCACHE_AUTH=none to turn auth off on purpose")
 		}
+	}
+	if c.Pprof && c.AdminAddr == "" {
+		p = append(p, "TOKENCACHE_PPROF needs TOKENCACHE_ADMIN_ADDR: pprof is served only on the admin listener, never beside the API")
 	}
 	if c.Auth == "none" && (len(c.APIKeys) > 0 || c.APIKeysFile != "") {
 		p = append(p, "TOKENCACHE_AUTH=none turns auth off, yet API keys are configured: drop one or the other")

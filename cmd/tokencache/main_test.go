@@ -363,6 +363,7 @@ func TestAccessConfigProblems(t *testing.T) {
 			`TOKENCACHE_API_KEYS_FILE: key 1 ("a"): roles: "superuser" is not valid`,
 			`TOKENCACHE_API_KEYS_FILE: key "a": the name is used twice`}},
 		{map[string]string{"TOKENCACHE_API_KEYS": "k", "TOKENCACHE_BULK_SHARE": "1.5"}, []string{"TOKENCACHE_BULK_SHARE=1.5: must be above 0 and at most 1"}},
+		{map[string]string{"TOKENCACHE_API_KEYS": "k", "TOKENCACHE_PPROF": "true"}, []string{"TOKENCACHE_PPROF needs TOKENCACHE_ADMIN_ADDR"}},
 		// One setting from two sources: neither is taken silently.
 		{map[string]string{"TOKENCACHE_API_KEYS": "k", "TOKENCACHE_API_KEYS_FILE": broken, "POLYV_APP_SECRET_FILE": broken, "TOKENCACHE_ENCRYPTION_KEYS": "x", "TOKENCACHE_ENCRYPTION_KEYS_FILE": broken}, []string{
 			"TOKENCACHE_API_KEYS and TOKENCACHE_API_KEYS_FILE are both set; set one",
