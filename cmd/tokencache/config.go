@@ -62,6 +62,7 @@ type Config struct {
 	LogFormat      string
 	Demo           bool
 	ShutdownPeriod time.Duration
+	Warnings       []string // what start-up logs as WARN
 }
 
 // setting binds one environment variable and its flag to a Config field.
@@ -202,6 +203,16 @@ func loadConfig(args []string, getenv func(string) string, stdout io.Writer) (Co
 	if fs.NArg() > 0 {
 		problems = append(problems, fmt.Sprintf("unexpected arguments: %q", fs.Args()))
 	}
+	// A secret given as a flag shows in ps and in /proc to every local user.
+	fs.Visit(func(f *flag.Flag) {
+		for _, s := range c.settings() {
+			if s.flagName() == f.Name {
+				if _, secret := s.value.(*secretValue); secret || s.env == "TOKENCACHE_API_KEYS" {
+					c.Warnings = append(c.Warnings, fmt.Sprintf("-%s was given on the command line, where other local users can read it; use %s_FILE or the environment", f.Name, s.env))
+				}
+			}
+		}
+	})
 	problems = append(problems, c.readFiles()...)
 	problems = append(problems, c.validate()...)
 	if len(problems) > 0 {

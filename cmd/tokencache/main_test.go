@@ -386,6 +386,21 @@ func TestAccessConfigProblems(t *testing.T) {
 	}
 }
 
+// A secret given as a flag is taken, with a warning that names the flag and
+// the file setting to use instead, and never the secret.
+func TestSecretFlagWarns(t *testing.T) {
+	cfg, err := loadConfig([]string{"-polyv-app-secret", "flag-secret", "-api-keys", "flag-key"},
+		envFunc(map[string]string{"POLYV_APP_ID": "a", "REDIS_URL": "redis://127.0.0.1:1"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(cfg.Warnings, "\n")
+	if len(cfg.Warnings) != 2 || !strings.Contains(all, "-polyv-app-secret") || !strings.Contains(all, "POLYV_APP_SECRET_FILE") ||
+		!strings.Contains(all, "-api-keys") || strings.Contains(all, "flag-secret") || strings.Contains(all, "flag-key") {
+		t.Errorf("warnings = %q", cfg.Warnings)
+	}
+}
+
 // A bad POLYV_TIMEOUT is reported once, with its own value, not again
 // through the fill timeout the cache derives from it.
 func TestPolyvTimeoutReportedOnce(t *testing.T) {
