@@ -240,6 +240,11 @@ type Cache struct {
 	bg   sync.WaitGroup
 	// storing counts the stores still running after their answer.
 	storing sync.WaitGroup
+	// detached counts the work that runs on without a caller (fills,
+	// stores, refreshes); closed stops new such work once Close has begun.
+	closeMu  sync.Mutex
+	closed   bool
+	detached sync.WaitGroup
 }
 
 // New returns a Cache on rdb and starts its pub/sub listener. It installs a
@@ -292,12 +297,32 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 }
 
 // Close stops the background work and waits for it. It does not close rdb.
+// Fills, stores and refreshes under way are cancelled and waited for, so no
+// Polyv call starts after Close returns.
 func (c *Cache) Close() error {
+	c.closeMu.Lock()
+	c.closed = true
+	c.closeMu.Unlock()
 	c.stop()
 	c.sched.Close()
-	c.storing.Wait()
+	c.detached.Wait()
 	c.bg.Wait()
 	return nil
+}
+
+// errClosed ends work asked of a closed Cache.
+var errClosed = errors.New("cache: closed")
+
+// track counts one piece of detached work for Close to wait for, unless
+// Close has begun: then ok is false and the work must not start.
+func (c *Cache) track() (done func(), ok bool) {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	if c.closed {
+		return nil, false
+	}
+	c.detached.Add(1)
+	return c.detached.Done, true
 }
 
 // ChatToken returns the chat token for req.

@@ -130,8 +130,9 @@ func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner 
 		c.releaseLease(ctx, keys, owner)
 		return fillResult{}, err
 	}
-	// Paid for from here: the call and the store go on whoever waits.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FillTimeout)
+	// Paid for from here: the call and the store go on whoever waits, until
+	// Close.
+	ctx, cancel := c.callContext(ctx)
 	defer cancel()
 	tok, rejected, err := c.callPolyv(ctx, k, true)
 	if rejected != nil {
@@ -152,14 +153,27 @@ func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner 
 	return fillResult{entry: e, result: ResultMiss}, nil
 }
 
+// callContext is the context of a Polyv call and its store: detached from
+// the callers, bounded by FillTimeout, and ended by Close.
+func (c *Cache) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FillTimeout)
+	stop := context.AfterFunc(c.life, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
 // storeAfterAnswer puts e in the local cache at once and stores it in Redis
 // in the background, so that the callers are answered a round trip sooner.
 // The lease is held until the store lands: the rest of the fleet waits for
 // this token meanwhile instead of fetching its own.
 func (c *Cache) storeAfterAnswer(ctx context.Context, keys redisKeys, owner string, e entry, gen uint64) {
 	c.localSetIf(keys.value, e, gen)
+	untrack, ok := c.track()
+	if !ok {
+		return // closing: the lease lapses by itself
+	}
 	c.storing.Add(1)
 	go func() {
+		defer untrack()
 		defer c.storing.Done()
 		c.store(context.WithoutCancel(ctx), keys, owner, e)
 	}()
@@ -171,7 +185,7 @@ func (c *Cache) fillLocal(ctx context.Context, k Key, keys redisKeys, gen uint64
 	if err := c.queueForSlot(ctx, k); err != nil {
 		return fillResult{}, err
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FillTimeout)
+	ctx, cancel := c.callContext(ctx)
 	defer cancel()
 	tok, rejected, err := c.callPolyv(ctx, k, false)
 	if rejected != nil {

@@ -65,11 +65,19 @@ func (fs *flights) join(ctx context.Context, c *Cache, k Key, keys redisKeys) (f
 	leader = new(bool)
 	ch = c.group.DoChan(keys.value, func() (v any, err error) {
 		*leader = true
+		untrack, ok := c.track()
+		if !ok {
+			fs.done(keys.value, f)
+			return nil, errClosed
+		}
+		stop := context.AfterFunc(c.life, func() { f.cancel(errClosed) })
 		defer func() {
 			if p := recover(); p != nil {
 				err = fmt.Errorf("cache: fill panicked: %v", p)
 			}
+			stop()
 			fs.done(keys.value, f)
+			untrack()
 		}()
 		v, err = c.fill(f.ctx, k, keys)
 		if err != nil && context.Cause(f.ctx) == errAbandoned {

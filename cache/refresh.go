@@ -43,11 +43,14 @@ func (c *Cache) startRefresh(k Key, keys redisKeys, seen time.Time) {
 	if now.Before(state.next) {
 		return
 	}
+	untrack, ok := c.track()
+	if !ok {
+		return
+	}
 	state.next = now.Add(refreshGateFor)
 	c.refreshGate.Set(keys.value, state)
-	c.bg.Add(1)
 	go func() {
-		defer c.bg.Done()
+		defer untrack()
 		c.refresh(k, keys, seen)
 	}()
 }

@@ -98,6 +98,9 @@ func (c *Cache) callPolyv(ctx context.Context, k Key, fleet bool) (Token, *entry
 	if e, ok := c.channelRejected(ctx, k, fleet); ok {
 		return Token{}, &e, nil
 	}
+	if c.life.Err() != nil {
+		return Token{}, nil, errClosed
+	}
 	probe, err := c.sched.BeforeCall(ctx, fleet)
 	if err != nil {
 		return Token{}, nil, err
