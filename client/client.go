@@ -199,8 +199,33 @@ type BulkResult struct {
 	Err   error // *Error
 }
 
-// maxBulk is the most items tokencache takes in one bulk call.
-const maxBulk = 1000
+// maxBulk is the most items tokencache takes in one bulk call, and
+// maxBulkBytes the most body it reads by default (1 MiB), less room for the
+// envelope.
+const (
+	maxBulk      = 1000
+	maxBulkBytes = 1<<20 - 1024
+)
+
+// bulkChunks splits items into calls of at most maxBulk items and
+// maxBulkBytes of JSON each, in order.
+func bulkChunks(items []BulkItem) [][]BulkItem {
+	var chunks [][]BulkItem
+	start, size := 0, 0
+	for i, it := range items {
+		b, _ := json.Marshal(it) // strings cannot fail
+		n := len(b) + 1          // and a comma
+		if i > start && (i-start == maxBulk || size+n > maxBulkBytes) {
+			chunks = append(chunks, items[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(items) {
+		chunks = append(chunks, items[start:])
+	}
+	return chunks
+}
 
 // ChatTokens gets or prefetches the tokens of many viewers of one channel,
 // in calls of up to 1000 items. Results are in the order of items; an item
@@ -208,8 +233,7 @@ const maxBulk = 1000
 // call itself (a refused channel, or tokencache unreachable).
 func (c *Client) ChatTokens(ctx context.Context, channelID string, items []BulkItem) ([]BulkResult, error) {
 	results := make([]BulkResult, 0, len(items))
-	for start := 0; start < len(items); start += maxBulk {
-		chunk := items[start:min(start+maxBulk, len(items))]
+	for _, chunk := range bulkChunks(items) {
 		gens := map[string]generation{} // as each item's fetch begins
 		if c.cache != nil {
 			for _, it := range chunk {

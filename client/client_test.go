@@ -308,3 +308,24 @@ func TestServerAnswerArrivesBeforeTheDeadline(t *testing.T) {
 		t.Errorf("ChatToken() = %v, want the server's 504 as *client.Error", err)
 	}
 }
+
+// Bulk calls are split by encoded size as well as by count: 1000 valid
+// items whose userIds the JSON encoder escapes (& is 6 bytes) fit no single
+// body under the server's 1 MiB limit, yet every item gets its token.
+func TestBulkSplitsBySize(t *testing.T) {
+	s := startServer(t)
+	c := newClient(t, s.URL, apiKey, client.Options{})
+	items := make([]client.BulkItem, 1000)
+	for i := range items {
+		items[i] = client.BulkItem{UserID: fmt.Sprintf("%04d", i) + strings.Repeat("&", 200), Role: "viewer"}
+	}
+	results, err := c.ChatTokens(context.Background(), "2094979", items)
+	if err != nil {
+		t.Fatalf("ChatTokens() = %v", err)
+	}
+	for i, r := range results {
+		if r.Err != nil || r.Token.UserID != items[i].UserID {
+			t.Fatalf("item %d = %+v, %v", i, r.Token.UserID, r.Err)
+		}
+	}
+}

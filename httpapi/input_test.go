@@ -149,3 +149,17 @@ func TestBulkRefusesStrayQueryAndContentType(t *testing.T) {
 		t.Errorf("bulk as JSON = %d, want 200", w.Code)
 	}
 }
+
+// The body limit is the bytes MaxBodyBytes says: 1 MiB by default, not the
+// 1,000,000 bytes echo reads "1M" as.
+func TestBodyLimitIsInBytes(t *testing.T) {
+	e := New(Options{Cache: &fakeCache{}, APIKeys: []string{testKey}, Logger: newTestLogger()})
+	pad := strings.Repeat(" ", 1_040_000) // JSON allows white space
+	body := `{"requests":[{"userId":"a","role":"viewer"}]` + pad + `}`
+	if w := do(e, "POST", "/v1/channels/2094979/chat-tokens", body); w.Code != 200 {
+		t.Errorf("a %d-byte body = %d, want 200 under 1 MiB", len(body), w.Code)
+	}
+	if w := do(e, "POST", "/v1/channels/2094979/chat-tokens", body+strings.Repeat(" ", 10_000)); w.Code != 413 {
+		t.Errorf("a body over 1 MiB = %d, want 413", w.Code)
+	}
+}

@@ -210,11 +210,12 @@ func capped(s string) string {
 
 // formatBytes writes n as echo's BodyLimit wants it.
 func formatBytes(n int64) string {
+	// echo reads "M" and "K" as powers of 1000; "MiB" and "KiB" as of 1024.
 	if n%(1<<20) == 0 {
-		return strconv.FormatInt(n>>20, 10) + "M"
+		return strconv.FormatInt(n>>20, 10) + "MiB"
 	}
 	if n%(1<<10) == 0 {
-		return strconv.FormatInt(n>>10, 10) + "K"
+		return strconv.FormatInt(n>>10, 10) + "KiB"
 	}
 	return strconv.FormatInt(n, 10)
 }
