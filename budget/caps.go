@@ -141,3 +141,23 @@ func (q *capQueue) waitLocal(ctx context.Context, deadline time.Time) error {
 		return nil
 	}
 }
+
+// AllowDelete takes one of key's DELETE slots: fleet-wide, or this
+// process's own while Redis is out of use.
+func (s *Scheduler) AllowDelete(ctx context.Context, key string, fleet bool) error {
+	limit := s.opts.DeleteRate
+	if fleet {
+		res, err := s.limiter.Allow(ctx, s.opts.Prefix+":delete:"+member(key), redis_rate.PerSecond(limit))
+		if err == nil {
+			if res.Allowed == 0 {
+				return s.refuse(unavailable(ReasonDeleteRate, res.RetryAfter))
+			}
+			return nil
+		}
+	}
+	b, _ := s.deletes.LoadOrStore(key, newLocalBucket(limit, limit))
+	if got, retry, _ := b.(*localBucket).take(ctx, limit, 1); got == 0 {
+		return s.refuse(unavailable(ReasonDeleteRate, retry))
+	}
+	return nil
+}

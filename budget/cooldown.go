@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -194,24 +193,4 @@ func (c *cooldown) enterLocal() time.Duration {
 		c.level = min(2*c.level, MaxCooldown)
 	}
 	return c.level
-}
-
-// AllowDelete takes one of key's DELETE slots: fleet-wide, or this
-// process's own while Redis is out of use.
-func (s *Scheduler) AllowDelete(ctx context.Context, key string, fleet bool) error {
-	limit := s.opts.DeleteRate
-	if fleet {
-		res, err := s.limiter.Allow(ctx, s.opts.Prefix+":delete:"+member(key), redis_rate.PerSecond(limit))
-		if err == nil {
-			if res.Allowed == 0 {
-				return s.refuse(unavailable(ReasonDeleteRate, res.RetryAfter))
-			}
-			return nil
-		}
-	}
-	b, _ := s.deletes.LoadOrStore(key, newLocalBucket(limit, limit))
-	if got, retry, _ := b.(*localBucket).take(ctx, limit, 1); got == 0 {
-		return s.refuse(unavailable(ReasonDeleteRate, retry))
-	}
-	return nil
 }

@@ -39,9 +39,11 @@ func (h failPublish) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	return next
 }
 
-// A DELETE whose invalidation cannot be published fails, rather than
-// answering as if every instance had dropped the token.
-func TestDeleteFailsWhenItCannotPublish(t *testing.T) {
+// heldByAnotherInstance fetches viewerKey's token on one instance and has a
+// second hold it in its local cache; deleterWith makes a third instance
+// whose Redis client carries hook, to delete through.
+func heldByAnotherInstance(t *testing.T) (holder *Cache, tok Token, deleterWith func(hook redis.Hook) *Cache) {
+	t.Helper()
 	rdb, _ := backends()[1].open(t)
 	up := &fakeUpstream{}
 	fleet := newFleet(t, rdb, up, 2, nil)
@@ -53,14 +55,23 @@ func TestDeleteFailsWhenItCannotPublish(t *testing.T) {
 	if _, res, _ := fleet[0].Get(context.Background(), viewerKey); res != ResultHitRedis {
 		t.Fatalf("instance 0 Get() = %v, want a Redis hit to hold the token locally", res)
 	}
-	client := ownClient(t, rdb)
-	client.AddHook(failPublish{channel: fleet[1].events.channel})
-	deleter := newCache(t, client, up, testOptions(nil))
-	err = deleter.Delete(context.Background(), viewerKey)
+	return fleet[0], tok, func(hook redis.Hook) *Cache {
+		client := ownClient(t, rdb)
+		client.AddHook(hook)
+		return newCache(t, client, up, testOptions(nil))
+	}
+}
+
+// A DELETE whose invalidation cannot be published fails, rather than
+// answering as if every instance had dropped the token.
+func TestDeleteFailsWhenItCannotPublish(t *testing.T) {
+	holder, tok, deleterWith := heldByAnotherInstance(t)
+	deleter := deleterWith(failPublish{channel: holder.events.channel})
+	err := deleter.Delete(context.Background(), viewerKey)
 	if err == nil {
 		// Then the token must be gone everywhere, as a 204 promises.
-		if got, _, _ := fleet[0].Get(context.Background(), viewerKey); got.Token == tok.Token {
-			t.Errorf("Delete() = nil though its publish failed, and instance 0 still serves the deleted token")
+		if got, _, _ := holder.Get(context.Background(), viewerKey); got.Token == tok.Token {
+			t.Errorf("Delete() = nil though its publish failed, and the other instance still serves the deleted token")
 		}
 		return
 	}
@@ -91,28 +102,16 @@ func (h slowAfterDelete) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 // instance, or fails: the invalidation is not sent under the caller's
 // context.
 func TestDeleteOutlivesItsCaller(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
-	up := &fakeUpstream{}
-	fleet := newFleet(t, rdb, up, 2, nil)
-	tok, _, err := fleet[1].Get(context.Background(), viewerKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	settle(fleet[1])
-	if _, res, _ := fleet[0].Get(context.Background(), viewerKey); res != ResultHitRedis {
-		t.Fatalf("instance 0 Get() = %v, want a Redis hit to hold the token locally", res)
-	}
-	client := ownClient(t, rdb)
-	client.AddHook(slowAfterDelete{failPublish{fleet[1].events.channel}, 200 * time.Millisecond})
-	deleter := newCache(t, client, up, testOptions(nil))
+	holder, tok, deleterWith := heldByAnotherInstance(t)
+	deleter := deleterWith(slowAfterDelete{failPublish{holder.events.channel}, 200 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	if err := deleter.Delete(ctx, viewerKey); err != nil {
 		return // refused: nothing promised
 	}
 	time.Sleep(2 * time.Second) // the contract's bound
-	if got, _, _ := fleet[0].Get(context.Background(), viewerKey); got.Token == tok.Token {
-		t.Errorf("Delete() = nil, and 2 s later instance 0 still serves the deleted token")
+	if got, _, _ := holder.Get(context.Background(), viewerKey); got.Token == tok.Token {
+		t.Errorf("Delete() = nil, and 2 s later the other instance still serves the deleted token")
 	}
 }
 
