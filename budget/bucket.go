@@ -42,9 +42,19 @@ func (b fleetBucket) take(ctx context.Context, depth, n int) (int, time.Duration
 // would do it in one round trip, but when fewer than n are free it takes
 // the fraction of a slot left over too and reports only the whole ones:
 // half a slot lost per ask on average, a quarter of the budget at 50/s.
-// So it asks for nothing first, which tells how far ahead the schedule
-// runs, and then for exactly the whole slots free.
+// So it asks for all n at once (all or nothing: one round trip while the
+// budget has room), and failing that, for nothing, which tells how far
+// ahead the schedule runs, and then for exactly the whole slots free.
 func takeWhole(ctx context.Context, l *redis_rate.Limiter, key string, limit redis_rate.Limit, n int) (int, time.Duration, error) {
+	if n <= limit.Burst {
+		res, err := l.AllowN(ctx, key, limit, n)
+		if err != nil {
+			return 0, 0, err
+		}
+		if res.Allowed > 0 {
+			return n, 0, nil
+		}
+	}
 	peek, err := l.AllowN(ctx, key, limit, 0)
 	if err != nil {
 		return 0, 0, err

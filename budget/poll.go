@@ -124,7 +124,9 @@ func (s *Scheduler) roundOver(fleet bool, granted int) (time.Duration, int) {
 		}
 	}
 	s.mu.Unlock()
-	wait := s.pollGap(s.depths.over)
+	// Nothing refused: ask again soon, for fetches that came meanwhile.
+	wait := s.interval / 2
+	refused := false
 	for _, kq := range over {
 		s.mu.Lock()
 		n := kq.waiting.Len()
@@ -134,13 +136,16 @@ func (s *Scheduler) roundOver(fleet bool, granted int) (time.Duration, int) {
 		}
 		capped, retry, err := s.takeCap(kq.name, kq.cap, n)
 		if err != nil || capped == 0 {
-			wait = min(wait, max(retry, s.interval/2))
+			// Ask again when the first capped key has a slot.
+			if w := max(retry, s.interval/2); !refused || w < wait {
+				wait, refused = min(w, s.pollGap(s.depths.over)), true
+			}
 			continue
 		}
 		got, retry, _ := s.takeOrLocal(fleet, s.depths.over, capped)
 		granted += s.give(got, func() int { return s.grantKeyLocked(kq, got) })
 		if got < capped {
-			return max(retry, wait), granted
+			return max(retry, s.pollGap(s.depths.over)), granted
 		}
 	}
 	return wait, granted
