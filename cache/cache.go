@@ -12,7 +12,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	mrand "math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,6 +113,9 @@ type Options struct {
 	// EncryptionKeys seal values at rest (AES-256-GCM) and hide identities in
 	// key names; the first seals, all open. Empty: values in clear.
 	EncryptionKeys []EncryptionKey
+	// Logger takes the cache's warnings (a wrong encryption key, say); it
+	// defaults to slog.Default().
+	Logger *slog.Logger
 	// Now is the clock for token ages; it defaults to time.Now.
 	Now func() time.Time
 	// Metrics defaults to NewMetrics(); register its Collectors.
@@ -164,6 +169,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
 	}
 }
 
@@ -228,6 +236,12 @@ type Cache struct {
 
 	events *events
 
+	names      atomic.Pointer[namer] // nil when encryption is off
+	resealed   chan struct{}         // closed when the start-up pass over stored values ends
+	resealOnce sync.Once
+	log        *slog.Logger
+	warned     sync.Map // topics already warned of
+
 	// afterRedisRead, when set by a test, runs between a Redis read and the
 	// local-cache write that follows it.
 	afterRedisRead func()
@@ -264,6 +278,7 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 		opts:     opts,
 		metrics:  opts.Metrics,
 		id:       randomID(),
+		log:      opts.Logger,
 	}
 	var err error
 	if c.sealer, err = newSealer(opts.EncryptionKeys); err != nil {
@@ -277,7 +292,12 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 	c.gets = &getBatcher{rdb: rdb, timeout: 2 * time.Second}
 	// A key another instance changed is dropped here, and so is its fill
 	// under way: a Get after a Delete must not join a fetch begun before it.
-	forget := func(key string) { c.dropLocal(key); c.flights.forget(c, key) }
+	forget := func(key string, deleted bool) {
+		c.forget(key)
+		if deleted {
+			c.deleteHiddenTwin(key)
+		}
+	}
 	c.events = newEvents(c.id, c.opts.Prefix+keyVersion+":events", forget, c.dropAllLocal, c.metrics)
 	// Waiters for another instance's fetch check Redis rarely; when Redis
 	// fails they are told at once, and fetch on their own.
@@ -292,6 +312,22 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 	c.channels = newChannelProbes()
 
 	c.life, c.stop = context.WithCancel(context.Background())
+	c.resealed = make(chan struct{})
+	if c.sealer == nil {
+		close(c.resealed)
+	} else {
+		for _, same := range c.sealer.sameBytes {
+			c.log.Warn("two encryption key ids hold the same key: give each id its own key", "key", same)
+		}
+		if err := c.startNames(); err != nil {
+			c.stop()
+			c.sched.Close()
+			return nil, err
+		}
+		if c.names.Load().fleet {
+			c.startReseal()
+		}
+	}
 	c.events.start(unguarded(c.life), rdb, &c.bg)
 	return c, nil
 }
@@ -403,24 +439,77 @@ func (c *Cache) Delete(ctx context.Context, k Key) error {
 	if err := c.sched.AllowDelete(ctx, CallerFrom(ctx).Name, c.redisUsable()); err != nil {
 		return err
 	}
-	keys := c.keysOf(k)
-	c.flights.forget(c, keys.value)
-	c.dropLocal(keys.value)
+	if c.sealer != nil && !c.names.Load().fleet {
+		return fmt.Errorf("cache: delete: %w", redisFailure(errNamesUnknown))
+	}
 	// Once begun, the delete and its publish run to the end whatever the
-	// caller does, within their own deadline; the lease goes too, so a fetch
-	// under way stores nothing (see storeScript).
+	// caller does, within their own deadline.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deleteTimeout)
 	defer cancel()
-	err := deleteScript.Run(dctx, c.rdb, []string{keys.value, keys.backoff(), keys.lease()}, c.events.channel, c.events.message(keys.value)).Err()
-	// Again, after the value is gone from Redis: a read that raced the
-	// delete may have found it.
-	c.dropLocal(keys.value)
-	c.events.notify(keys.value)
+	keys := c.keysOf(k)
+	err := c.deleteKeys(dctx, keys, c.events.deletedMessage(keys.value))
+	if c.sealer != nil {
+		// Instances without encryption name k in clear: while encryption
+		// is being turned on, one at a time, they read that name. Its
+		// message is a plain change: the hidden name is deleted already.
+		clear := k.redisKeys(c.opts.Prefix)
+		err = errors.Join(err, c.deleteKeys(dctx, clear, c.events.message(clear.value)))
+	}
 	if err != nil {
 		return fmt.Errorf("cache: delete: %w", redisFailure(err))
 	}
 	return nil
 }
+
+// deleteKeys drops one name's value, backoff and lease from Redis and
+// tells the fleet; the lease goes too, so a fetch under way stores nothing
+// (see storeScript).
+func (c *Cache) deleteKeys(ctx context.Context, keys redisKeys, message string) error {
+	c.forget(keys.value)
+	err := deleteScript.Run(ctx, c.rdb, []string{keys.value, keys.backoff(), keys.lease()}, c.events.channel, message).Err()
+	// Again, after the value is gone from Redis: a read that raced the
+	// delete may have found it.
+	c.dropLocal(keys.value)
+	c.events.notify(keys.value)
+	return err
+}
+
+// forget drops key's local entry and this process's fill of it under way:
+// a Get after a change must not join a fetch begun before it.
+func (c *Cache) forget(key string) {
+	c.dropLocal(key)
+	c.flights.forget(c, key)
+}
+
+// deleteHiddenTwin deletes, when encryption is on, the token that another
+// instance deleted under its clear name: that instance runs without
+// encryption and cannot name the hidden one. (Encrypted instances delete
+// the clear name with a plain change message, which does not come here.)
+func (c *Cache) deleteHiddenTwin(key string) {
+	n := c.names.Load()
+	_, id, ok := strings.Cut(key, "}:t:")
+	if n == nil || !n.fleet || !ok || !strings.HasPrefix(key, c.opts.Prefix+keyVersion+":") {
+		return
+	}
+	k, err := parseIdentity(id)
+	if err != nil {
+		return // a hidden name, or not a token's
+	}
+	untrack, ok := c.track()
+	if !ok {
+		return
+	}
+	go func() {
+		defer untrack()
+		ctx, cancel := context.WithTimeout(c.life, deleteTimeout)
+		defer cancel()
+		keys := c.keysOf(k)
+		_ = c.deleteKeys(ctx, keys, c.events.message(keys.value)) // best effort: the deleting instance could do no more
+	}()
+}
+
+// errNamesUnknown fails a Delete while the fleet's name key is unknown.
+var errNamesUnknown = errors.New("the fleet's name key is not read yet")
 
 // deleteTimeout bounds a Delete's Redis work, which runs whatever its
 // caller does.
@@ -458,7 +547,11 @@ func (c *Cache) PolyvState() string {
 // cache, such as the start-up check.
 func (c *Cache) RecordPolyvCheck(err error) { c.polyvState.Store(polyvStateOf(err)) }
 
-func (c *Cache) redisUsable() bool { return c.breaker.State() != gobreaker.StateOpen }
+// redisUsable reports whether Redis is in use: its circuit is not open, and
+// with encryption on, the fleet's name key is known.
+func (c *Cache) redisUsable() bool {
+	return c.breaker.State() != gobreaker.StateOpen && (c.sealer == nil || c.names.Load().fleet)
+}
 
 // redisGet reads and decodes a value. An entry that cannot be trusted or has
 // outlived its time is reported as not found.

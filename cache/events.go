@@ -19,7 +19,7 @@ import (
 type events struct {
 	self    string
 	channel string
-	drop    func(key string)
+	drop    func(key string, deleted bool)
 	dropAll func()
 	metrics *Metrics
 
@@ -27,7 +27,7 @@ type events struct {
 	waiters map[string]map[chan struct{}]struct{}
 }
 
-func newEvents(self, channel string, drop func(string), dropAll func(), m *Metrics) *events {
+func newEvents(self, channel string, drop func(string, bool), dropAll func(), m *Metrics) *events {
 	return &events{self: self, channel: channel, drop: drop, dropAll: dropAll, metrics: m, waiters: map[string]map[chan struct{}]struct{}{}}
 }
 
@@ -119,16 +119,24 @@ func (ev *events) publish(ctx context.Context, rdb rediser, key string) {
 	_ = rdb.Publish(ctx, ev.channel, ev.message(key)).Err()
 }
 
-// message is the payload that says key changed.
+// message is the payload that says key changed: "sender key".
 func (ev *events) message(key string) string { return ev.self + " " + key }
+
+// deletedMark follows the sender's id in the message of a Delete; instances
+// of earlier releases read it as another sender's change, which it also is.
+const deletedMark = "!del"
+
+// deletedMessage is the payload that says key was deleted.
+func (ev *events) deletedMessage(key string) string { return ev.self + deletedMark + " " + key }
 
 func (ev *events) dispatch(payload string) {
 	sender, key, ok := strings.Cut(payload, " ")
 	if !ok {
 		return
 	}
+	sender, deleted := strings.CutSuffix(sender, deletedMark)
 	if sender != ev.self {
-		ev.drop(key)
+		ev.drop(key, deleted)
 	}
 	ev.notify(key)
 }

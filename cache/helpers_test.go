@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -180,6 +181,7 @@ func testOptions(mod func(*Options)) Options {
 	o := Options{
 		LeaseTTL: time.Second, PollInterval: 20 * time.Millisecond, FillTimeout: 5 * time.Second,
 		RateLimit: 100000, BreakerOpenFor: 200 * time.Millisecond, BreakerFailures: 3, LocalSize: DefaultLocalSize,
+		Logger: slog.New(slog.DiscardHandler),
 	}
 	if mod != nil {
 		mod(&o)
@@ -276,4 +278,14 @@ func (c *Cache) fillCallers(k Key) int {
 		return f.callers
 	}
 	return 0
+}
+
+// waitResealed waits for c's start-up pass over the stored values.
+func waitResealed(tb testing.TB, c *Cache) {
+	tb.Helper()
+	select {
+	case <-c.resealed:
+	case <-time.After(10 * time.Second):
+		tb.Fatal("the re-seal pass did not end")
+	}
 }

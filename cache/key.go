@@ -105,11 +105,12 @@ func redisKeysOf(prefix string, id []byte) redisKeys {
 // keysOf returns k's Redis keys; with encryption on, the identity in them is
 // a keyed hash.
 func (c *Cache) keysOf(k Key) redisKeys {
-	if c.sealer == nil {
+	n := c.names.Load()
+	if n == nil {
 		return k.redisKeys(c.opts.Prefix)
 	}
 	var buf [128]byte
-	return redisKeysOf(c.opts.Prefix, c.sealer.identity(k.appendIdentity(buf[:0])))
+	return redisKeysOf(c.opts.Prefix, n.identity(k.appendIdentity(buf[:0])))
 }
 
 // channelRejectionKey is the key of a Polyv rejection of k's whole channel.

@@ -107,5 +107,7 @@ func newSealedCacheForKeys(t *testing.T) *Cache {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Cache{sealer: s, opts: Options{Prefix: "tc:"}}
+	c := &Cache{sealer: s, opts: Options{Prefix: "tc:"}}
+	c.names.Store(newNamer(s.firstNameKey, true))
+	return c
 }

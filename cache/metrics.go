@@ -35,6 +35,7 @@ type Metrics struct {
 	redisCircuitOpen prometheus.Gauge
 	refreshes        *prometheus.CounterVec
 	unopenable       prometheus.Counter
+	resealed         prometheus.Counter
 	rateLimit        prometheus.Gauge
 	localDropped     prometheus.Counter
 	pubsubSilent     prometheus.Counter
@@ -72,7 +73,10 @@ func NewMetrics() *Metrics {
 			Name: "tokencache_refreshes_total", Help: "Background refreshes of stale tokens, by outcome.",
 		}, []string{"outcome"}),
 		unopenable: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tokencache_undecryptable_values_total", Help: "Values in Redis no encryption key opened; each was fetched again.",
+			Name: "tokencache_undecryptable_values_total", Help: "Values in Redis no configured encryption key opened: read ones (each fetched again), ones found at start, and the fleet's name key.",
+		}),
+		resealed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokencache_values_resealed_total", Help: "Stored values sealed again with the sealing key at start, after a key rotation.",
 		}),
 		rateLimit: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tokencache_polyv_rate_limit", Help: "The fleet-wide Polyv calls per second allowed (POLYV_RATE_LIMIT), to compare the call rate with.",
@@ -97,7 +101,7 @@ func NewMetrics() *Metrics {
 
 // Collectors returns every collector, for prometheus.Registerer.MustRegister.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return append([]prometheus.Collector{m.results, m.upstreamRequests, m.upstreamDuration, m.leaseWait, m.redisErrors, m.redisCircuitOpen, m.refreshes, m.unopenable, m.rateLimit, m.localDropped, m.pubsubSilent}, m.budget.Collectors()...)
+	return append([]prometheus.Collector{m.results, m.upstreamRequests, m.upstreamDuration, m.leaseWait, m.redisErrors, m.redisCircuitOpen, m.refreshes, m.unopenable, m.resealed, m.rateLimit, m.localDropped, m.pubsubSilent}, m.budget.Collectors()...)
 }
 
 func (m *Metrics) result(r Result) { m.byResult[r].Inc() }

@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -82,28 +83,51 @@ func TestSealedValueOpensOnlyUnderItsKey(t *testing.T) {
 }
 
 // Rotation without downtime, across two instances on one Redis: add the new
-// key second, then make it first, then drop the old one; one instance at a
-// time, no request failing.
+// key second, then make it first, then drop the old one, one instance at a
+// time, with deletes through either instance at every half-step. It fetches
+// nothing but what the deletes drop, and no deleted token is served, even
+// the tokens nobody reads until the old key is gone.
 func TestKeyRotationAcrossInstances(t *testing.T) {
 	rdb, _ := backends()[1].open(t)
 	up := &fakeUpstream{}
 	k1, k2 := encKey("k1", 1), encKey("k2", 2)
 	instance := func(keys ...EncryptionKey) *Cache {
-		return newCache(t, ownClient(t, rdb), up, testOptions(func(o *Options) { o.EncryptionKeys = keys }))
+		c := newCache(t, ownClient(t, rdb), up, testOptions(func(o *Options) { o.EncryptionKeys = keys }))
+		waitResealed(t, c)
+		return c
 	}
 	ctx := context.Background()
-	get := func(step string, c *Cache) string {
+	get := func(step string, c *Cache, k Key) string {
 		t.Helper()
-		tok, _, err := c.Get(ctx, viewerKey)
+		tok, _, err := c.Get(ctx, k)
 		if err != nil {
 			t.Fatalf("%s: Get() = %v", step, err)
 		}
 		return tok.Token
 	}
+	users := make([]Key, 8)
+	for i := range users {
+		users[i] = Key{ChannelID: "2094979", UserID: fmt.Sprintf("u%d", i), Role: "viewer"}
+	}
 	a, b := instance(k1), instance(k1)
-	first := get("start", a)
-	if get("start", b) != first {
-		t.Fatal("start: instances disagree")
+	for _, k := range users {
+		if get("start", a, k) != get("start", b, k) {
+			t.Fatal("start: instances disagree")
+		}
+	}
+	settle(a)
+	deletes := 0
+	// deleteThrough deletes users[i] through one instance and checks that
+	// the other stops serving it.
+	deleteThrough := func(step string, by, other *Cache, i int) {
+		t.Helper()
+		old := get(step, other, users[i])
+		if err := by.Delete(ctx, users[i]); err != nil {
+			t.Fatalf("%s: Delete() = %v", step, err)
+		}
+		deletes++
+		eventually(t, step+": the other instance drops the deleted token", func() bool { return get(step, other, users[i]) != old })
+		settle(other)
 	}
 	for i, step := range []struct {
 		name string
@@ -114,17 +138,24 @@ func TestKeyRotationAcrossInstances(t *testing.T) {
 		{"old key dropped", []EncryptionKey{k2}},
 	} {
 		a = instance(step.keys...) // restarted, one at a time
-		_ = get(step.name+", a restarted", a)
-		_ = get(step.name+", b not yet", b)
+		deleteThrough(step.name+", a restarted, delete on a", a, b, 0)
+		deleteThrough(step.name+", a restarted, delete on b", b, a, 1)
+		for _, k := range users[:4] {
+			_, _ = get(step.name, a, k), get(step.name, b, k)
+		}
 		b = instance(step.keys...)
-		if x, y := get(step.name, a), get(step.name, b); x != y {
-			t.Errorf("step %d (%s): instances serve %q and %q", i, step.name, x, y)
+		deleteThrough(step.name+", delete on b", b, a, 2)
+		for j, k := range users[:4] {
+			if x, y := get(step.name, a, k), get(step.name, b, k); x != y {
+				t.Errorf("step %d (%s): instances serve %q and %q for user %d", i, step.name, x, y, j)
+			}
 		}
 	}
-	// Making the new key first renames every key once, so each token is
-	// fetched once more; nothing else is fetched.
-	if got := up.calls.Load(); got != 2 {
-		t.Errorf("Polyv calls over the rotation = %d, want 2", got)
+	for _, k := range users { // users[4:] were last read under the old key alone
+		_, _ = get("end", a, k), get("end", b, k)
+	}
+	if got, want := up.calls.Load(), int64(len(users)+deletes); got != want {
+		t.Errorf("Polyv calls over the rotation = %d, want %d (one per token, one per delete): %d extra", got, want, got-want)
 	}
 }
 
