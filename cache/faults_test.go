@@ -63,6 +63,11 @@ type faultWorld struct {
 	opts  Options
 	users []string
 
+	// Each instance's stage of the rolling key rotation (rotationKeys), and
+	// its client's switch that loses the reply of its next delete script.
+	stages []int
+	lossy  []*lossyDelete
+
 	redisUp      bool
 	redisUpSince time.Time
 	deletedBy    map[string]time.Time // token -> when it must no longer be served
@@ -172,6 +177,78 @@ func (w *faultWorld) check(t *rapid.T) {
 	}
 }
 
+// rotationKeys are the encryption keys at stage n of an endless rolling
+// rotation, as the README's steps run it: old, then old,new, then new,old,
+// then new, which is the next rotation's old.
+func rotationKeys(n int) []EncryptionKey {
+	r, old, next := n/3, func(r int) EncryptionKey { return encKey(fmt.Sprint("k", r), byte(r+1)) }, n%3
+	switch next {
+	case 1:
+		return []EncryptionKey{old(r), old(r + 1)}
+	case 2:
+		return []EncryptionKey{old(r + 1), old(r)}
+	}
+	return []EncryptionKey{old(r)}
+}
+
+// start starts instance i at its rotation stage, on a client of its own.
+func (w *faultWorld) start(t *testing.T, i int, subs *redistest.Proxy) (*Cache, error) {
+	rdb := ownClient(t, w.admin)
+	rdb.AddHook(w.lossy[i])
+	opts := w.opts
+	opts.EncryptionKeys = rotationKeys(w.stages[i])
+	return New(subscribeVia{rdb, subs.Client(t)}, w.up, opts)
+}
+
+// lossyDelete, once armed, fails the next delete script of one instance's
+// client with a network error, before or after Redis ran it: either the
+// publish never happened, or its confirmation was lost.
+type lossyDelete struct{ armed, afterRun atomic.Bool }
+
+func (l *lossyDelete) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (l *lossyDelete) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !isDeleteScript(cmd) || !l.armed.CompareAndSwap(true, false) {
+			return next(ctx, cmd)
+		}
+		if l.afterRun.Load() {
+			_ = next(ctx, cmd)
+		}
+		err := errors.New("read: connection reset by peer (injected)")
+		cmd.SetErr(err)
+		return err
+	}
+}
+
+func (l *lossyDelete) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func isDeleteScript(cmd redis.Cmder) bool {
+	args := cmd.Args()
+	if len(args) < 2 {
+		return false
+	}
+	switch cmd.Name() {
+	case "evalsha":
+		return args[1] == deleteScript.Hash()
+	case "eval":
+		src, _ := args[1].(string)
+		return redis.NewScript(src).Hash() == deleteScript.Hash()
+	}
+	return false
+}
+
+// loseDeleteReply deletes user's token on instance i with the script's
+// reply lost, before or after Redis ran it: the Delete must fail, or hold.
+func (w *faultWorld) loseDeleteReply(t *rapid.T, i int, user string) {
+	w.lossy[i].afterRun.Store(rapid.Bool().Draw(t, "after Redis ran it"))
+	w.lossy[i].armed.Store(true)
+	w.delete(i, user)
+	w.lossy[i].armed.Store(false)
+}
+
 // goRedisRedial is how often go-redis's pool dials again after it has seen
 // as many dial errors as it has connections.
 const goRedisRedial = time.Second
@@ -221,15 +298,22 @@ func TestRandomFaults(t *testing.T) {
 			o.FillTimeout = 3 * time.Second
 		})
 		w.allowAll(1)
-		for range 3 {
-			c, err := New(subscribeVia{ownClient(t, admin), subs.Client(t)}, w.up, w.opts)
+		for i := range 3 {
+			w.stages = append(w.stages, 0)
+			w.lossy = append(w.lossy, &lossyDelete{})
+			c, err := w.start(t, i, subs)
 			if err != nil {
 				rt.Fatal(err)
 			}
-			defer c.Close()
 			w.fleet = append(w.fleet, c)
 		}
+		defer func() {
+			for _, c := range w.fleet {
+				_ = c.Close()
+			}
+		}()
 		w.opts = w.fleet[0].opts // with the defaults filled in
+		w.opts.EncryptionKeys = nil
 		instance := rapid.IntRange(0, 2)
 		user := rapid.SampledFrom(w.users)
 
@@ -286,6 +370,30 @@ func TestRandomFaults(t *testing.T) {
 					w.allowAll(len(w.fleet))
 				}
 			},
+			"rotate an instance's keys": func(t *rapid.T) {
+				// One instance at a time, none more than a stage ahead: a
+				// rolling rotation. It costs no Polyv call.
+				i := instance.Draw(t, "instance")
+				if !w.redisUp || w.stages[i] != slices.Min(w.stages) {
+					t.Skip("Redis is down, or instance is a stage ahead")
+				}
+				_ = w.fleet[i].Close()
+				w.stages[i]++
+				c, err := w.start(outer, i, subs)
+				if err != nil {
+					w.fail(t, "instance %d at rotation stage %d: %v", i, w.stages[i], err)
+				}
+				w.fleet[i] = c
+				select {
+				case <-c.resealed:
+				case <-time.After(10 * time.Second):
+					w.fail(t, "instance %d: the re-seal pass did not end", i)
+				}
+				w.record("  instance %d: keys %v", i, rotationKeys(w.stages[i]))
+			},
+			"lose a delete's reply": func(t *rapid.T) {
+				w.loseDeleteReply(t, instance.Draw(t, "instance"), user.Draw(t, "user"))
+			},
 			"Polyv fails":    func(t *rapid.T) { w.up.failing.Store(true) },
 			"Polyv recovers": func(t *rapid.T) { w.up.failing.Store(false) },
 			"kill pub/sub connections": func(t *rapid.T) {
@@ -340,6 +448,20 @@ func TestRandomFaults(t *testing.T) {
 				}
 				subs.SilenceOpen()
 				w.delete(instance.Draw(t, "instance"), u)
+				time.Sleep(2*time.Second + 100*time.Millisecond)
+				for _, c := range w.fleet {
+					w.get(t, c, u, 3*time.Second)
+				}
+			}
+			actions["lose a delete's reply, wait out the bound"] = func(t *rapid.T) {
+				if !w.redisUp {
+					t.Skip("Redis is down")
+				}
+				u := user.Draw(t, "user")
+				for _, c := range w.fleet {
+					w.get(t, c, u, 3*time.Second)
+				}
+				w.loseDeleteReply(t, instance.Draw(t, "instance"), u)
 				time.Sleep(2*time.Second + 100*time.Millisecond)
 				for _, c := range w.fleet {
 					w.get(t, c, u, 3*time.Second)

@@ -63,6 +63,7 @@ func isOutage(err error) bool {
 type breakerHook struct {
 	cb      *gobreaker.CircuitBreaker[struct{}]
 	metrics *Metrics
+	bound   time.Duration // each command's time, if not 0; the caller's ctx may end it sooner
 }
 
 var _ redis.Hook = breakerHook{}
@@ -75,7 +76,7 @@ func (h breakerHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 			return next(ctx, cmd) // a handshake inside a guarded command
 		}
 		ctx = context.WithValue(ctx, insideBreaker{}, true)
-		err := h.guard(ctx, func() error { return next(ctx, cmd) })
+		err := h.guard(ctx, func(ctx context.Context) error { return next(ctx, cmd) })
 		h.countRefused(err) // go-redis sets cmd's error only after its hooks
 		return err
 	}
@@ -89,7 +90,7 @@ func (h breakerHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 			return next(ctx, cmds)
 		}
 		ctx = context.WithValue(ctx, insideBreaker{}, true)
-		err := h.guard(ctx, func() error { return next(ctx, cmds) })
+		err := h.guard(ctx, func(ctx context.Context) error { return next(ctx, cmds) })
 		for _, cmd := range cmds {
 			h.countRefused(cmd.Err())
 		}
@@ -127,10 +128,19 @@ func unguarded(ctx context.Context) context.Context {
 // caller's context was done: the caller's deadline, not Redis, ended it.
 var errCallerGone = errors.New("cache: caller gone")
 
-func (h breakerHook) guard(ctx context.Context, run func() error) error {
+// guard runs one command or pipeline through the breaker, within h.bound. A
+// command that ran out of h.bound counts as a failure of Redis; one whose
+// caller's ctx ended does not.
+func (h breakerHook) guard(ctx context.Context, run func(context.Context) error) error {
 	var cmdErr error
 	_, err := h.cb.Execute(func() (struct{}, error) {
-		cmdErr = run()
+		bounded := ctx
+		if h.bound > 0 {
+			var cancel context.CancelFunc
+			bounded, cancel = context.WithTimeout(ctx, h.bound)
+			defer cancel()
+		}
+		cmdErr = run(bounded)
 		if cmdErr != nil && callerGone(ctx) {
 			return struct{}{}, errCallerGone
 		}

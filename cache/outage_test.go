@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
 
+	"github.com/tokencache/tokencache/internal/redisconn"
 	"github.com/tokencache/tokencache/internal/redistest"
 )
 
@@ -215,5 +217,73 @@ func TestRedisRefusingWritesIsCounted(t *testing.T) {
 	}
 	if got := c.RedisCircuit(); got != "closed" {
 		t.Errorf("circuit = %s; Redis answers, so it should stay closed", got)
+	}
+}
+
+// A stalled Cluster node (DEBUG SLEEP) costs a miss one bounded wait
+// (CommandTimeout), not the cluster client's redirect-and-retry loop, and
+// counts as a Redis failure toward the breaker. A stalled node that holds a
+// key of the fleet's budget holds the budget's round once more.
+func TestClusterStalledNode(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	addrs := cluster.Options().Addrs
+	rdb, err := redisconn.Open(redisconn.Options{URL: "redis://" + addrs[0] + "?addr=" + addrs[1] + "&addr=" + addrs[2], Cluster: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rdb.Close() })
+	c := newCache(t, rdb, &fakeUpstream{}, testOptions(nil))
+	ctx := context.Background()
+	nodeOf := func(key string) string {
+		n, err := cluster.MasterForKey(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.Options().Addr
+	}
+	// The budget's round reads two slots: the fleet's bucket and the shares.
+	prefix := DefaultPrefix + keyVersion + ":upstream"
+	budgetNodes := map[string]bool{nodeOf(prefix): true, nodeOf(prefix + ":{shares}:waiting"): true}
+	for _, tc := range []struct {
+		name       string
+		withBudget bool
+		bounds     int // the CommandTimeouts a miss may wait
+	}{
+		{"a node without the budget's keys", false, 1},
+		{"a node with a budget key", true, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var k Key
+			for i := 0; ; i++ {
+				k = Key{ChannelID: "2094979", UserID: fmt.Sprint("stalled-", i), Role: "viewer"}
+				if budgetNodes[nodeOf(c.keysOf(k).value)] == tc.withBudget {
+					break
+				}
+			}
+			node := redis.NewClient(&redis.Options{Addr: nodeOf(c.keysOf(k).value), ReadTimeout: 5 * time.Second})
+			defer node.Close()
+			stalled := make(chan error, 1)
+			go func() { stalled <- node.Do(context.Background(), "DEBUG", "SLEEP", "2").Err() }()
+			time.Sleep(100 * time.Millisecond) // DEBUG SLEEP has begun
+			failuresBefore := testutil.ToFloat64(c.metrics.redisErrors)
+			start := time.Now()
+			_, _, err := c.Get(ctx, k)
+			took := time.Since(start)
+			t.Logf("a miss on a stalled node: %v", took)
+			if err != nil {
+				t.Errorf("Get() = %v; want the token, fetched without Redis", err)
+			}
+			// Room for a loaded machine: the unbounded retry loop took the
+			// whole stall (2 s here, 4.5 s with a longer one).
+			if limit := time.Duration(tc.bounds)*DefaultCommandTimeout + 500*time.Millisecond; took > limit {
+				t.Errorf("a miss on a stalled node took %v, over %d × %v and a margin", took, tc.bounds, DefaultCommandTimeout)
+			}
+			if got := testutil.ToFloat64(c.metrics.redisErrors) - failuresBefore; got < 1 {
+				t.Error("the stalled node's timeout was not counted as a Redis failure")
+			}
+			if err := <-stalled; err != nil {
+				t.Fatalf("DEBUG SLEEP: %v", err)
+			}
+		})
 	}
 }

@@ -145,7 +145,7 @@ func StartCluster(tb testing.TB, n int) *redis.ClusterClient {
 	for i := range addrs {
 		// The bus port is set, as port+10000 may not exist.
 		s := Start(tb, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "2000", "--cluster-port", strconv.Itoa(freePort(tb)))
+			"--cluster-node-timeout", "2000", "--enable-debug-command", "local", "--cluster-port", strconv.Itoa(freePort(tb)))
 		addrs[i] = s.Addr
 	}
 	args := append([]string{"--cluster", "create"}, addrs...)
