@@ -25,12 +25,13 @@ type getBatcher struct {
 type getCall struct {
 	key  string
 	val  []byte
+	mark int64 // the identity's delete mark (see redisKeys.mark)
 	err  error
 	done chan struct{}
 }
 
-// get returns key's value, or redis.Nil.
-func (b *getBatcher) get(ctx context.Context, key string) ([]byte, error) {
+// get returns key's value and its identity's delete mark, or redis.Nil.
+func (b *getBatcher) get(ctx context.Context, key string) ([]byte, int64, error) {
 	call := &getCall{key: key, done: make(chan struct{})}
 	b.mu.Lock()
 	b.pending = append(b.pending, call)
@@ -42,9 +43,9 @@ func (b *getBatcher) get(ctx context.Context, key string) ([]byte, error) {
 	}
 	select {
 	case <-call.done:
-		return call.val, call.err
+		return call.val, call.mark, call.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, 0, ctx.Err()
 	}
 }
 
@@ -68,15 +69,24 @@ func (b *getBatcher) send(batch []*getCall) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
 	defer cancel()
 	pipe := b.rdb.Pipeline()
-	cmds := make([]*redis.StringCmd, len(batch))
+	cmds := make([]*redis.SliceCmd, len(batch))
 	for i, call := range batch {
-		cmds[i] = pipe.Get(ctx, call.key)
+		cmds[i] = pipe.MGet(ctx, call.key, markOf(call.key)) // one slot: one node
 	}
 	_, err := pipe.Exec(ctx)
 	for i, call := range batch {
-		call.val, call.err = cmds[i].Bytes()
-		if call.err == nil && call.val == nil && err != nil {
+		vals, cmdErr := cmds[i].Result()
+		switch {
+		case cmdErr != nil:
+			call.err = cmdErr
+		case len(vals) != 2 && err != nil:
 			call.err = err // not sent: the circuit is open
+		case len(vals) != 2 || vals[0] == nil:
+			call.err = redis.Nil
+		default:
+			v, _ := vals[0].(string)
+			call.val = []byte(v)
+			call.mark = markIn(vals, 1)
 		}
 		close(call.done)
 	}

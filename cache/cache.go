@@ -487,13 +487,18 @@ func (c *Cache) Delete(ctx context.Context, k Key) error {
 // (see storeScript).
 func (c *Cache) deleteKeys(ctx context.Context, keys redisKeys, message string) error {
 	c.forget(keys.value)
-	err := deleteScript.Run(ctx, c.rdb, []string{keys.value, keys.backoff(), keys.lease()}, c.events.channel, message).Err()
+	err := deleteScript.Run(ctx, c.rdb, []string{keys.value, keys.backoff(), keys.lease(), keys.mark()},
+		c.events.channel, message, c.markTTL().Milliseconds()).Err()
 	// Again, after the value is gone from Redis: a read that raced the
 	// delete may have found it.
 	c.dropLocal(keys.value)
 	c.events.notify(keys.value)
 	return err
 }
+
+// markTTL is how long a delete mark is kept: longer than any value fetched
+// before it is served (TTL), so that no such value is served once it lapses.
+func (c *Cache) markTTL() time.Duration { return c.opts.TTL + time.Minute }
 
 // forget drops key's local entry and this process's fill of it under way:
 // a Get after a change must not join a fetch begun before it.
@@ -577,15 +582,25 @@ func (c *Cache) redisUsable() bool {
 // redisGet reads and decodes a value. An entry that cannot be trusted or has
 // outlived its time is reported as not found.
 func (c *Cache) redisGet(ctx context.Context, key string) (entry, bool, error) {
-	b, err := c.gets.get(ctx, key)
+	b, mark, err := c.gets.get(ctx, key)
 	if errors.Is(err, redis.Nil) {
 		return entry{}, false, nil
 	}
 	if err != nil {
 		return entry{}, false, err
 	}
-	e, ok := c.decodeLive(key, b)
+	e, ok := c.decodeCurrent(key, b, mark)
 	return e, ok, nil
+}
+
+// decodeCurrent is decodeLive for a value read with its identity's delete
+// mark: a value from before the last DELETE is not found.
+func (c *Cache) decodeCurrent(key string, b []byte, mark int64) (entry, bool) {
+	e, ok := c.decodeLive(key, b)
+	if !ok || e.Mark < mark {
+		return entry{}, false
+	}
+	return e, true
 }
 
 // decodeLive decodes a stored value, reporting false for one that cannot be

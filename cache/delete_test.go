@@ -161,3 +161,52 @@ func TestGetAfterDeleteStartsItsOwnFetch(t *testing.T) {
 		})
 	}
 }
+
+// A value saved before a DELETE (DUMP, or a copy of its bytes) and put back
+// after it is never served: each instance reads the identity's delete mark
+// with the value, and the value carries the mark current when it was
+// fetched. With encryption on, the mark is sealed with the token.
+func TestValueRestoredAfterDeleteIsNotServed(t *testing.T) {
+	for _, encrypted := range []bool{false, true} {
+		t.Run(fmt.Sprint("encrypted=", encrypted), func(t *testing.T) {
+			rdb, _ := backends()[1].open(t)
+			up := &fakeUpstream{}
+			opts := testOptions(func(o *Options) {
+				o.LocalSize = 0 // every read goes to Redis
+				if encrypted {
+					o.EncryptionKeys = []EncryptionKey{encKey("k1", 1)}
+				}
+			})
+			c := newCache(t, rdb, up, opts)
+			ctx := context.Background()
+			for round := range 2 { // the second DELETE moves the mark on again
+				old, _, err := c.Get(ctx, viewerKey)
+				if err != nil {
+					t.Fatal(err)
+				}
+				settle(c)
+				key := c.keysOf(viewerKey).value
+				saved, err := rdb.Dump(ctx, key).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := c.Delete(ctx, viewerKey); err != nil {
+					t.Fatal(err)
+				}
+				if err := rdb.RestoreReplace(ctx, key, time.Hour, saved).Err(); err != nil {
+					t.Fatal(err)
+				}
+				// The read finds the restored value, and so does the fill's
+				// own read (the acquire script) after it: both must refuse it.
+				tok, res, err := c.Get(ctx, viewerKey)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tok.Token == old.Token {
+					t.Fatalf("round %d: the token saved before the DELETE was served after it (%v)", round, res)
+				}
+				settle(c)
+			}
+		})
+	}
+}

@@ -104,7 +104,7 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, er
 			c.localSetIf(keys.value, e, gen)
 			return fillResult{entry: e, result: ResultCoalesced}, nil
 		case acquireTaken:
-			return c.fetchAndStore(ctx, k, keys, owner, gen)
+			return c.fetchAndStore(ctx, k, keys, owner, gen, e.Mark)
 		}
 		if waitStart.IsZero() {
 			waitStart = time.Now()
@@ -122,7 +122,7 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, er
 // fetchAndStore calls Polyv while holding the lease, stores what it gets and
 // wakes the waiters. A rejection is stored as a negative entry; any other
 // failure releases the lease so that a waiter can try.
-func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner string, gen uint64) (fillResult, error) {
+func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner string, gen uint64, mark int64) (fillResult, error) {
 	stopRenew := c.renewLease(context.WithoutCancel(ctx), keys, owner)
 	defer stopRenew()
 
@@ -142,13 +142,14 @@ func (c *Cache) fetchAndStore(ctx context.Context, k Key, keys redisKeys, owner 
 	if err != nil {
 		if e, ok := c.rejection(err); ok {
 			c.rememberChannelRejection(ctx, k, err, e, true)
+			e.Mark = mark
 			c.storeAfterAnswer(ctx, keys, owner, e, gen)
 			return fillResult{entry: e, result: ResultMiss}, nil
 		}
 		c.releaseLease(ctx, keys, owner)
 		return fillResult{}, err
 	}
-	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}
+	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt), Mark: mark}
 	c.storeAfterAnswer(ctx, keys, owner, e, gen)
 	return fillResult{entry: e, result: ResultMiss}, nil
 }

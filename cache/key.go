@@ -74,8 +74,18 @@ func (r redisKeys) backoff() string { return r.sibling("b:") }
 // waiters is set while another instance waits for the lease holder.
 func (r redisKeys) waiters() string { return r.sibling("w:") }
 
-// leaseKeys are the keys of the lease scripts: value, lease, waiters.
-func (r redisKeys) leaseKeys() []string { return []string{r.value, r.lease(), r.waiters()} }
+// mark holds the Redis time (ms) of the identity's last DELETE, kept for
+// longer than any value fetched before it lives.
+func (r redisKeys) mark() string { return r.sibling("d:") }
+
+// markOf is the delete mark's key of the identity whose value key is key.
+func markOf(key string) string {
+	return redisKeys{value: key, base: strings.Index(key, "}:t:") + 2}.mark()
+}
+
+// leaseKeys are the keys of the lease scripts: value, lease, waiters and
+// the delete mark.
+func (r redisKeys) leaseKeys() []string { return []string{r.value, r.lease(), r.waiters(), r.mark()} }
 
 func (r redisKeys) sibling(kind string) string { return r.value[:r.base] + kind + r.value[r.base+2:] }
 

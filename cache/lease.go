@@ -12,14 +12,16 @@ import (
 // The lease scripts. Each does one job; all of one identity's keys share a
 // hash slot, so they run on Redis Cluster too.
 var (
-	// acquireScript returns {1, value} when the value exists, {2} when
-	// this caller took the fill lease, and {0, ms} when another holds it for
-	// ms more: then it marks that someone waits (KEYS[3]) for at least that
-	// long plus ARGV[3] ms, so that the store wakes them.
+	// acquireScript returns {1, value, mark} when the value exists, {2,
+	// mark} when this caller took the fill lease, and {0, ms} when another
+	// holds it for ms more: then it marks that someone waits (KEYS[3]) for at
+	// least that long plus ARGV[3] ms, so that the store wakes them. mark is
+	// the identity's delete mark (KEYS[4]), "0" for none.
 	acquireScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
-if v then return {1, v} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+local mark = redis.call('GET', KEYS[4]) or '0'
+if v then return {1, v, mark} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, mark} end
 local held = math.max(redis.call('PTTL', KEYS[2]), 0)
 redis.call('SET', KEYS[3], '1', 'PX', math.max(tonumber(ARGV[2]), held + tonumber(ARGV[3])))
 return {0, held}`)
@@ -29,19 +31,20 @@ return {0, held}`)
 	// {1, value} as acquireScript does.
 	leaseOverScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
-if v and v ~= ARGV[4] then return {1, v} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+local mark = redis.call('GET', KEYS[4]) or '0'
+if v and v ~= ARGV[4] then return {1, v, mark} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, mark} end
 local held = math.max(redis.call('PTTL', KEYS[2]), 0)
 redis.call('SET', KEYS[3], '1', 'PX', math.max(tonumber(ARGV[2]), held + tonumber(ARGV[3])))
 return {0, held}`)
 
 	// refreshLeaseScript takes the lease for a refresh unless the fleet is
 	// backing off (the backoff key lives longer than ARGV[3] ms) or another
-	// instance holds it. It returns {1, value, failures} or {0}.
+	// instance holds it. It returns {1, value, failures, mark} or {0}.
 	refreshLeaseScript = redis.NewScript(`
 if redis.call('PTTL', KEYS[3]) > tonumber(ARGV[3]) then return {0} end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
-return {1, redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[3]) or '0'}`)
+return {1, redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[3]) or '0', redis.call('GET', KEYS[4]) or '0'}`)
 
 	// storeScript stores a value if ARGV[3] still holds the lease, and
 	// returns 0 otherwise: a Delete since the fetch began took the lease
@@ -63,11 +66,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return 1`)
 
-	// deleteScript drops an identity's value, backoff and lease, and tells
-	// every instance (message ARGV[2] on channel ARGV[1]), in one step: a
-	// DELETE that answers has done both.
+	// deleteScript drops an identity's value, backoff and lease, moves its
+	// delete mark (KEYS[4]) on to Redis's time in ms (past the last mark),
+	// kept for ARGV[3] ms, and tells every instance (message ARGV[2] on
+	// channel ARGV[1]), in one step: a DELETE that answers has done it all.
 	deleteScript = redis.NewScript(`
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+local t = redis.call('TIME')
+local mark = math.max(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(redis.call('GET', KEYS[4]) or '0') + 1)
+redis.call('SET', KEYS[4], string.format('%d', mark), 'PX', ARGV[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1`)
 
@@ -146,10 +153,10 @@ func (c *Cache) acquireFrom(ctx context.Context, keys redisKeys, owner string, c
 			ms, _ := res[1].(int64)
 			return acquireBusy, entry{}, time.Duration(ms) * time.Millisecond, nil
 		case acquireTaken:
-			return acquireTaken, entry{}, 0, nil
+			return acquireTaken, entry{Mark: markIn(res, 1)}, 0, nil
 		}
 		raw, _ := res[1].(string)
-		if e, ok := c.decodeLive(keys.value, []byte(raw)); ok {
+		if e, ok := c.decodeCurrent(keys.value, []byte(raw), markIn(res, 2)); ok {
 			return acquireFound, e, 0, nil
 		}
 		if c.afterUntrustedRead != nil {
@@ -174,22 +181,34 @@ func (c *Cache) leaseCheckAfter(held time.Duration) time.Duration {
 // takeRefreshLease runs refreshLeaseScript. It reports whether this caller
 // took the lease, the stored entry (if one can be trusted) and the failed
 // refreshes in a row so far.
-func (c *Cache) takeRefreshLease(ctx context.Context, keys redisKeys, owner string) (took bool, stored entry, failures int, err error) {
-	res, err := refreshLeaseScript.Run(ctx, c.rdb, []string{keys.value, keys.lease(), keys.backoff()},
+// The new value must carry mark, the identity's delete mark.
+func (c *Cache) takeRefreshLease(ctx context.Context, keys redisKeys, owner string) (took bool, stored entry, failures int, mark int64, err error) {
+	res, err := refreshLeaseScript.Run(ctx, c.rdb, []string{keys.value, keys.lease(), keys.backoff(), keys.mark()},
 		owner, c.opts.LeaseTTL.Milliseconds(), backoffMemory.Milliseconds()).Slice()
 	if err != nil {
-		return false, entry{}, 0, err
+		return false, entry{}, 0, 0, err
 	}
-	if n, _ := res[0].(int64); n != 1 || len(res) != 3 {
-		return false, entry{}, 0, nil
+	if n, _ := res[0].(int64); n != 1 || len(res) != 4 {
+		return false, entry{}, 0, 0, nil
 	}
+	mark = markIn(res, 3)
 	raw, _ := res[1].(string)
-	if e, ok := c.decodeLive(keys.value, []byte(raw)); ok {
+	if e, ok := c.decodeCurrent(keys.value, []byte(raw), mark); ok {
 		stored = e
 	}
 	count, _ := res[2].(string)
 	failures, _ = strconv.Atoi(count)
-	return true, stored, failures, nil
+	return true, stored, failures, mark, nil
+}
+
+// markIn reads a delete mark from a script's reply at i; none is 0.
+func markIn(res []any, i int) int64 {
+	if i >= len(res) {
+		return 0
+	}
+	s, _ := res[i].(string)
+	mark, _ := strconv.ParseInt(s, 10, 64)
+	return mark
 }
 
 // store writes e to Redis while owner holds the lease, releases the lease

@@ -71,8 +71,10 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 	gate, _ := c.refreshGate.GetIfPresent(keys.value)
 	failures := gate.failures
 	fleet := c.redisUsable()
+	var mark int64 // the identity's delete mark, which the new value carries
 	if fleet {
-		took, stored, fleetFailures, err := c.takeRefreshLease(ctx, keys, owner)
+		took, stored, fleetFailures, m, err := c.takeRefreshLease(ctx, keys, owner)
+		mark = m
 		if err == nil && !took {
 			return // another instance is refreshing, or the fleet backs off
 		}
@@ -112,7 +114,7 @@ func (c *Cache) refresh(k Key, keys redisKeys, seen time.Time) {
 	}
 	c.metrics.refreshes.WithLabelValues("ok").Inc()
 	c.refreshGate.Invalidate(keys.value)
-	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt)}
+	e := entry{Token: &tok, Until: c.tokenUntil(tok.IssuedAt), Mark: mark}
 	c.localSetIf(keys.value, e, gen)
 	if !fleet {
 		return

@@ -69,6 +69,11 @@ type entry struct {
 	// Until is the end of the entry's life: the cache TTL for a token, the
 	// negative TTL for a rejection.
 	Until time.Time `json:"until" msgpack:"u"`
+	// Mark is the identity's delete mark (see redisKeys.mark) when the fetch
+	// began: a value whose mark is older than the identity's is from before
+	// a DELETE, put back (RESTORE), and is never served. Sealed with the
+	// token when encryption is on.
+	Mark int64 `json:"-" msgpack:"d,omitempty"`
 }
 
 // entryFormat starts every stored entry: MessagePack follows. It decodes
