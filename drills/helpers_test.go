@@ -151,6 +151,10 @@ func (p *proc) simStats(t *testing.T) (calls, issued int64) {
 
 const apiKey = "drill-key"
 
+// drillEncryptionKey seals the drills' tokens; a drill's own
+// TOKENCACHE_ENCRYPTION_KEYS replaces it.
+const drillEncryptionKey = "drill:ZHJpbGwta2V5LW9mLTMyLWJ5dGVzLWV4YWN0bHktISE="
+
 // startTokencache starts one instance on redisAddr and the simulator.
 func startTokencache(t *testing.T, redisAddr, simURL string, env ...string) *proc {
 	t.Helper()
@@ -158,7 +162,7 @@ func startTokencache(t *testing.T, redisAddr, simURL string, env ...string) *pro
 	base := []string{
 		"TOKENCACHE_ADDR=" + addr, "POLYV_APP_ID=drill-app", "POLYV_APP_SECRET=drill-secret", "POLYV_BASE_URL=" + simURL,
 		"REDIS_URL=redis://" + redisAddr, "TOKENCACHE_API_KEYS=" + apiKey, "POLYV_RATE_LIMIT=1000", "POLYV_TIMEOUT=2s",
-		"TOKENCACHE_LOG_LEVEL=warn",
+		"TOKENCACHE_LOG_LEVEL=warn", "TOKENCACHE_ENCRYPTION_KEYS=" + drillEncryptionKey,
 	}
 	cmd := start(t, "tokencache", append(base, env...))
 	p := &proc{URL: "http://" + addr, cmd: cmd, logs: &bytes.Buffer{}}

@@ -267,8 +267,12 @@ func (s *server) readyz(c echo.Context) error {
 		"redis":         "ok",
 		"redisCircuit":  s.opts.Cache.RedisCircuit(),
 		"embeddedRedis": s.opts.EmbeddedRedis,
+		"encryption":    "on",
 		"config":        "ok",
 		"polyv":         s.opts.Cache.PolyvState(),
+	}
+	if s.opts.EncryptionOff {
+		body["encryption"] = "off"
 	}
 	if err := s.opts.Cache.Ready(ctx); err != nil {
 		body["status"] = "degraded"

@@ -53,6 +53,8 @@ type Options struct {
 	AuthDisabled bool
 	// EmbeddedRedis is reported by /readyz.
 	EmbeddedRedis bool
+	// EncryptionOff is reported by /readyz: tokens are in clear in Redis.
+	EncryptionOff bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registry receives the API's metrics and is served at /metrics; it

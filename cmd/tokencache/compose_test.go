@@ -52,6 +52,13 @@ func TestComposeFile(t *testing.T) {
 			if !strings.HasPrefix(*svc.Environment["REDIS_URL"], "redis://redis:") {
 				t.Errorf("%s does not share the redis service", name)
 			}
+			env := map[string]string{}
+			for k, v := range svc.Environment {
+				env[k] = *v
+			}
+			if _, err := loadConfig(nil, envFunc(env), nil); err != nil {
+				t.Errorf("%s's settings do not start tokencache: %v", name, err)
+			}
 			if svc.HealthCheck.Test[1] != "/usr/local/bin/tokencache" || svc.HealthCheck.Test[2] != "healthcheck" {
 				t.Errorf("%s healthcheck = %v", name, svc.HealthCheck.Test)
 			}

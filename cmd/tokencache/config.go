@@ -42,6 +42,7 @@ type Config struct {
 	EncKeysRaw     polyv.Secret
 	EncKeysFile    string
 	EncryptionKeys []cache.EncryptionKey // from EncKeysRaw or EncKeysFile
+	Encryption     string                // "off" turns encryption at rest off on purpose
 	TLSCertFile    string
 	TLSKeyFile     string
 	TLSClientCA    string
@@ -91,7 +92,7 @@ func (c *Config) settings() []setting {
 		{"POLYV_RATE_LIMIT", fmt.Sprint(cache.DefaultRateLimit), "fleet-wide Polyv requests per second", (*intValue)(&c.RateLimit)},
 		{"POLYV_COOLDOWN", shortDuration(cache.DefaultCooldown), "fleet-wide pause of Polyv calls after Polyv's rate-limit reply, doubled while the probe at its end is refused, at most 5m", (*durationValue)(&c.Cooldown)},
 		{"POLYV_SIGN_METHOD", string(polyv.DefaultSignMethod), "Polyv signature method: MD5 or SHA256", (*stringValue)(&c.SignMethod)},
-		{"REDIS_URL", "", "redis:// or rediss:// URL; empty means an embedded in-memory Redis for one instance", (*stringValue)(&c.RedisURL)},
+		{"REDIS_URL", "", "redis:// or rediss:// URL of the Redis the fleet shares (required unless -demo)", (*stringValue)(&c.RedisURL)},
 		{"REDIS_CLUSTER", "false", "parse REDIS_URL as a cluster URL (more nodes as addr= params)", (*boolValue)(&c.RedisCluster)},
 		{"TOKENCACHE_API_KEYS", "", "comma-separated bearer API keys (or use TOKENCACHE_API_KEYS_FILE)", (*listValue)(&c.APIKeys)},
 		{"TOKENCACHE_API_KEYS_FILE", "", "YAML file of named, scoped API keys; reloaded on SIGHUP and when it changes", (*stringValue)(&c.APIKeysFile)},
@@ -100,6 +101,7 @@ func (c *Config) settings() []setting {
 		{"TOKENCACHE_DELETE_RATE", fmt.Sprint(cache.DefaultDeleteRate), "DELETEs per second each API key may make, fleet-wide (each forces a refetch)", (*intValue)(&c.DeleteRate)},
 		{"TOKENCACHE_ENCRYPTION_KEYS", "", "comma-separated id:base64 32-byte keys sealing tokens at rest; the first seals, all open", (*secretValue)(&c.EncKeysRaw)},
 		{"TOKENCACHE_ENCRYPTION_KEYS_FILE", "", "file holding TOKENCACHE_ENCRYPTION_KEYS", (*stringValue)(&c.EncKeysFile)},
+		{"TOKENCACHE_ENCRYPTION", "", "set to off to keep tokens in clear in Redis on purpose; otherwise encryption keys are required (unless -demo)", (*stringValue)(&c.Encryption)},
 		{"TOKENCACHE_TLS_CERT_FILE", "", "certificate (PEM) to serve HTTPS on TOKENCACHE_ADDR; reloaded when it changes", (*stringValue)(&c.TLSCertFile)},
 		{"TOKENCACHE_TLS_KEY_FILE", "", "private key (PEM) of TOKENCACHE_TLS_CERT_FILE", (*stringValue)(&c.TLSKeyFile)},
 		{"TOKENCACHE_TLS_CLIENT_CA_FILE", "", "CA (PEM) whose client certificates are required (mTLS)", (*stringValue)(&c.TLSClientCA)},
@@ -288,6 +290,18 @@ func (c *Config) validate() []string {
 		if c.Keys.Len() == 0 && c.APIKeysFile == "" && c.Auth != "none" {
 			p = append(p, "TOKENCACHE_API_KEYS or TOKENCACHE_API_KEYS_FILE is required; set TOKENCACHE_AUTH=none to turn auth off on purpose")
 		}
+		if c.RedisURL == "" {
+			p = append(p, "REDIS_URL is required: the Redis the fleet shares (or run with -demo for an embedded one)")
+		}
+		if !c.encrypting() && c.Encryption != "off" {
+			p = append(p, "TOKENCACHE_ENCRYPTION_KEYS or TOKENCACHE_ENCRYPTION_KEYS_FILE is required (tokens are sealed in Redis); set TOKENCACHE_ENCRYPTION=off to keep them in clear on purpose")
+		}
+	}
+	switch {
+	case c.Encryption != "" && c.Encryption != "off":
+		p = append(p, fmt.Sprintf("TOKENCACHE_ENCRYPTION=%q: the only value is off", c.Encryption))
+	case c.Encryption == "off" && c.encrypting():
+		p = append(p, "TOKENCACHE_ENCRYPTION=off turns encryption off, yet encryption keys are configured: drop one or the other")
 	}
 	if c.Pprof && c.AdminAddr == "" {
 		p = append(p, "TOKENCACHE_PPROF needs TOKENCACHE_ADMIN_ADDR: pprof is served only on the admin listener, never beside the API")
@@ -339,6 +353,11 @@ func (c *Config) validate() []string {
 		p = append(p, "TOKENCACHE_SHUTDOWN_PERIOD must be positive")
 	}
 	return p
+}
+
+// encrypting reports whether encryption keys are configured.
+func (c *Config) encrypting() bool {
+	return len(c.EncryptionKeys) > 0 || c.EncKeysRaw.Reveal() != "" || c.EncKeysFile != ""
 }
 
 // LogValue logs the config with its secrets masked.

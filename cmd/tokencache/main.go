@@ -116,13 +116,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	cleanup = append(cleanup, func() { _ = rdb.Close() })
 	if embedded != nil {
 		cleanup = append(cleanup, embedded.Close)
-		log.Warn("REDIS_URL is empty: using an embedded in-memory Redis, which suits one instance only; tokens are lost on restart")
+		log.Warn("-demo: using an embedded in-memory Redis, which suits one instance only; tokens are lost on restart", "embeddedRedis", embedded.Addr())
 	}
 	if cfg.Auth == "none" {
 		log.Warn("TOKENCACHE_AUTH=none: the API accepts requests without an API key")
 	}
-	if len(cfg.EncryptionKeys) == 0 {
-		log.Info("encryption at rest is off: Redis holds tokens in clear; set TOKENCACHE_ENCRYPTION_KEYS to seal them")
+	if cfg.Encryption == "off" {
+		log.Warn("TOKENCACHE_ENCRYPTION=off: Redis holds tokens and userIds in clear, and whoever can write Redis can have any token served for any user; set TOKENCACHE_ENCRYPTION_KEYS to seal them")
 	}
 
 	client, err := polyv.New(polyv.Options{
@@ -175,7 +175,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	go func() { defer close(done); reloadKeys(reloadCtx, cfg, keys, log) }()
 	cleanup = append(cleanup, func() { stopReload(); <-done })
 	apiOpts := httpapi.Options{
-		Cache: tc, Keys: keys, Auditor: auditor, AuthDisabled: cfg.Auth == "none", EmbeddedRedis: embedded != nil,
+		Cache: tc, Keys: keys, Auditor: auditor, AuthDisabled: cfg.Auth == "none", EmbeddedRedis: embedded != nil, EncryptionOff: len(cfg.EncryptionKeys) == 0,
 		Logger: log, Registry: reg, BulkTimeout: bulkTimeout, AdminElsewhere: cfg.AdminAddr != "", Pprof: cfg.Pprof, AccessLog: cfg.AccessLog,
 	}
 	var tlsConfig *tls.Config
@@ -299,7 +299,8 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-// openRedis connects to REDIS_URL; an empty URL starts an embedded miniredis.
+// openRedis connects to REDIS_URL; an empty URL, which only -demo allows,
+// starts an embedded miniredis on loopback with a password made up now.
 func openRedis(cfg Config) (redis.UniversalClient, *miniredis.Miniredis, error) {
 	if cfg.RedisURL != "" {
 		rdb, err := redisconn.Open(redisconn.Options{URL: cfg.RedisURL, Cluster: cfg.RedisCluster,
@@ -307,10 +308,12 @@ func openRedis(cfg Config) (redis.UniversalClient, *miniredis.Miniredis, error) 
 		return rdb, nil, err
 	}
 	mr := miniredis.NewMiniRedis()
+	password := randomHex(16)
+	mr.RequireAuth(password)
 	if err := mr.StartAddr("127.0.0.1:0"); err != nil {
 		return nil, nil, fmt.Errorf("start embedded redis: %w", err)
 	}
-	rdb, err := redisconn.Open(redisconn.Options{URL: "redis://" + mr.Addr()})
+	rdb, err := redisconn.Open(redisconn.Options{URL: "redis://:" + password + "@" + mr.Addr()})
 	if err != nil {
 		mr.Close()
 		return nil, nil, err

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -80,6 +81,7 @@ func TestEndToEnd(t *testing.T) {
 	url, _, stderr, stop := startRun(t, nil, map[string]string{
 		"TOKENCACHE_ADDR": "127.0.0.1:0", "POLYV_APP_ID": "e2e-app", "POLYV_APP_SECRET": "e2e-secret-value",
 		"POLYV_BASE_URL": sim.URL, "REDIS_URL": "redis://" + redisSrv.Addr, "TOKENCACHE_API_KEYS": "k1,k2",
+		"TOKENCACHE_ENCRYPTION": "off",
 	})
 
 	get := func(path, key string) (*http.Response, []byte) {
@@ -93,7 +95,7 @@ func TestEndToEnd(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp, b
 	}
-	if n := strings.Count(stderr.String(), "encryption at rest is off"); n != 1 {
+	if n := strings.Count(stderr.String(), "TOKENCACHE_ENCRYPTION=off: Redis holds tokens"); n != 1 {
 		t.Errorf("the server said %d times that encryption is off, want once", n)
 	}
 	const path = "/v1/channels/2094979/chat-token?userId=1b448be323&role=viewer&origin=web"
@@ -154,7 +156,7 @@ func TestDemoCurlWorks(t *testing.T) {
 		t.Skip("curl is not installed")
 	}
 	_, stdout, stderr, _ := startRun(t, []string{"-demo", "-addr", "127.0.0.1:0"}, map[string]string{})
-	if strings.Contains(stderr.String(), "encryption at rest is off") || !strings.Contains(stderr.String(), `"encryptionKeys":["demo"]`) {
+	if strings.Contains(stderr.String(), "TOKENCACHE_ENCRYPTION=off") || !strings.Contains(stderr.String(), `"encryptionKeys":["demo"]`) {
 		t.Errorf("the demo does not seal tokens:\n%s", stderr)
 	}
 	line := ""
@@ -209,7 +211,7 @@ func TestConfigFlagsOverrideEnvAndFilesWork(t *testing.T) {
 	os.WriteFile(keysFile, []byte("keys:\n  - {name: file-key, key: c}\n"), 0o600)
 	cfg, err := loadConfig([]string{"-ttl", "2h", "-refresh-after", "1h", "-polyv-app-id", "flag-app", "-redis-cluster"},
 		envFunc(map[string]string{"TOKENCACHE_TTL": "5h", "POLYV_APP_ID": "env-app", "POLYV_APP_SECRET_FILE": secretFile,
-			"TOKENCACHE_API_KEYS_FILE": keysFile, "REDIS_URL": "redis://127.0.0.1:1"}), io.Discard)
+			"TOKENCACHE_API_KEYS_FILE": keysFile, "REDIS_URL": "redis://127.0.0.1:1", "TOKENCACHE_ENCRYPTION": "off"}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +222,7 @@ func TestConfigFlagsOverrideEnvAndFilesWork(t *testing.T) {
 }
 
 func TestAuthRequiredUnlessNone(t *testing.T) {
-	env := map[string]string{"POLYV_APP_ID": "a", "POLYV_APP_SECRET": "s"}
+	env := map[string]string{"POLYV_APP_ID": "a", "POLYV_APP_SECRET": "s", "REDIS_URL": "redis://127.0.0.1:1", "TOKENCACHE_ENCRYPTION": "off"}
 	if _, err := loadConfig(nil, envFunc(env), io.Discard); err == nil || !strings.Contains(err.Error(), "TOKENCACHE_AUTH=none") {
 		t.Errorf("no keys: %v", err)
 	}
@@ -232,7 +234,7 @@ func TestAuthRequiredUnlessNone(t *testing.T) {
 
 func TestConfigSecretsMasked(t *testing.T) {
 	cfg, err := loadConfig(nil, envFunc(map[string]string{"POLYV_APP_ID": "a", "POLYV_APP_SECRET": "top-secret-1",
-		"TOKENCACHE_API_KEYS": "api-key-secret", "REDIS_URL": "redis://user:redis-pass@host:6379/0"}), io.Discard)
+		"TOKENCACHE_API_KEYS": "api-key-secret", "REDIS_URL": "redis://user:redis-pass@host:6379/0", "TOKENCACHE_ENCRYPTION": "off"}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +302,7 @@ func TestRedisDeployments(t *testing.T) {
 			t.Cleanup(sim.Close)
 			env := map[string]string{"TOKENCACHE_ADDR": "127.0.0.1:0", "POLYV_APP_ID": "sim-app", "POLYV_APP_SECRET": "sim-secret",
 				"POLYV_BASE_URL": sim.URL, "TOKENCACHE_API_KEYS": "k", "TOKENCACHE_LOCAL_SIZE": "0",
-				"TOKENCACHE_KEY_PREFIX": "tc-" + tc.name + ":"}
+				"TOKENCACHE_KEY_PREFIX": "tc-" + tc.name + ":", "TOKENCACHE_ENCRYPTION_KEYS": "k1:" + base64.StdEncoding.EncodeToString(make([]byte, 32))}
 			for k, v := range tc.env {
 				env[k] = v
 			}
@@ -390,7 +392,7 @@ func TestAccessConfigProblems(t *testing.T) {
 // the file setting to use instead, and never the secret.
 func TestSecretFlagWarns(t *testing.T) {
 	cfg, err := loadConfig([]string{"-polyv-app-secret", "flag-secret", "-api-keys", "flag-key"},
-		envFunc(map[string]string{"POLYV_APP_ID": "a", "REDIS_URL": "redis://127.0.0.1:1"}), io.Discard)
+		envFunc(map[string]string{"POLYV_APP_ID": "a", "REDIS_URL": "redis://127.0.0.1:1", "TOKENCACHE_ENCRYPTION": "off"}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/redistest"
 	"github.com/tokencache/tokencache/internal/testcerts"
 	"github.com/tokencache/tokencache/polyv/polyvsim"
 )
@@ -110,7 +111,7 @@ func TestAdminListener(t *testing.T) {
 }
 
 func TestEncryptionKeysConfig(t *testing.T) {
-	base := map[string]string{"POLYV_APP_ID": "a", "POLYV_APP_SECRET": "s", "TOKENCACHE_API_KEYS": "k"}
+	base := map[string]string{"POLYV_APP_ID": "a", "POLYV_APP_SECRET": "s", "TOKENCACHE_API_KEYS": "k", "REDIS_URL": "redis://127.0.0.1:1"}
 	good := "new:QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=,old:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 	env := map[string]string{"TOKENCACHE_ENCRYPTION_KEYS": good}
 	for k, v := range base {
@@ -135,7 +136,8 @@ func TestCheckPolyvAndReadyz(t *testing.T) {
 	sim := polyvsim.NewTestServer(polyvsim.Options{AppID: "app", AppSecret: "right-secret"})
 	t.Cleanup(sim.Close)
 	env := map[string]string{"TOKENCACHE_ADDR": "127.0.0.1:0", "POLYV_APP_ID": "app", "POLYV_APP_SECRET": "wrong-secret",
-		"POLYV_BASE_URL": sim.URL, "TOKENCACHE_API_KEYS": "k", "TOKENCACHE_CHECK_POLYV": "true"}
+		"POLYV_BASE_URL": sim.URL, "TOKENCACHE_API_KEYS": "k", "TOKENCACHE_CHECK_POLYV": "true",
+		"REDIS_URL": "redis://" + redistest.Start(t).Addr, "TOKENCACHE_ENCRYPTION": "off"}
 	err := run(context.Background(), nil, envFunc(env), io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "credentials rejected by Polyv") || strings.Contains(err.Error(), "wrong-secret") {
 		t.Fatalf("run() with wrong credentials = %v, want a refusal naming the credentials", err)
