@@ -268,7 +268,7 @@ func (s *server) readyz(c echo.Context) error {
 		"redisCircuit":  s.opts.Cache.RedisCircuit(),
 		"embeddedRedis": s.opts.EmbeddedRedis,
 		"encryption":    "on",
-		"config":        "ok",
+		"config":        s.opts.Keys.Status(),
 		"polyv":         s.opts.Cache.PolyvState(),
 	}
 	if s.opts.EncryptionOff {

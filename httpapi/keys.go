@@ -12,7 +12,9 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tokencache/tokencache/polyv"
@@ -292,17 +294,69 @@ func scopeList(list *[]string, valid func(string) bool) ([]string, error) {
 
 // Keys holds the key set in force; Store swaps in a new one, as a reload
 // does, without stopping requests.
-type Keys struct{ p atomic.Pointer[KeySet] }
+type Keys struct {
+	p        atomic.Pointer[KeySet]
+	stale    atomic.Pointer[staleKeys]
+	loadedAt atomic.Int64 // Unix ns of the keys in force
+	failures atomic.Int64 // failed reloads
+}
+
+// staleKeys says since when, and why, the keys file could not be reloaded.
+type staleKeys struct {
+	since  time.Time
+	reason string
+}
 
 // NewKeys returns Keys holding ks.
 func NewKeys(ks *KeySet) *Keys {
 	k := &Keys{}
-	k.p.Store(ks)
+	k.Store(ks)
 	return k
 }
 
-// Store replaces the key set.
-func (k *Keys) Store(ks *KeySet) { k.p.Store(ks) }
+// Store replaces the key set; the keys are current again.
+func (k *Keys) Store(ks *KeySet) {
+	k.p.Store(ks)
+	k.stale.Store(nil)
+	k.loadedAt.Store(time.Now().UnixNano())
+}
+
+// MarkStale records that a reload failed for reason: the keys in force stay,
+// stale since the first failure in a row.
+func (k *Keys) MarkStale(reason string) {
+	k.failures.Add(1)
+	since := time.Now()
+	if old := k.stale.Load(); old != nil {
+		since = old.since
+	}
+	k.stale.Store(&staleKeys{since: since, reason: reason})
+}
+
+// collectors export the reloads: failures, and when the keys in force were
+// read, whose age an alert watches.
+func (k *Keys) collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tokencache_keys_reload_errors_total",
+			Help: "Checks of the API keys file that failed to reload it; the keys loaded before stay in force."},
+			func() float64 { return float64(k.failures.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tokencache_keys_loaded_timestamp_seconds",
+			Help: "When the API keys in force were read (Unix time)."},
+			func() float64 { return float64(k.loadedAt.Load()) / 1e9 }),
+	}
+}
+
+// Status is "ok", or "keys: stale since <time>: <reason>" after a failed
+// reload, for /readyz.
+func (k *Keys) Status() string {
+	if k == nil {
+		return "ok"
+	}
+	s := k.stale.Load()
+	if s == nil {
+		return "ok"
+	}
+	return "keys: stale since " + s.since.UTC().Format(time.RFC3339) + ": " + s.reason
+}
 
 // Load returns the key set in force.
 func (k *Keys) Load() *KeySet { return k.p.Load() }

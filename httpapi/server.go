@@ -120,6 +120,7 @@ func withDefaults(opts Options) Options {
 func New(opts Options) *echo.Echo {
 	opts = withDefaults(opts)
 	s := &server{opts: opts, metrics: newRequestMetrics(opts.Registry)}
+	opts.Registry.MustRegister(opts.Keys.collectors()...)
 
 	e := newEcho(opts)
 	e.Use(

@@ -353,9 +353,16 @@ func startDemo(cfg *Config) (stop func(), err error) {
 // a mounted Kubernetes Secret, which changes without a signal, is picked up.
 var keysCheckEvery = 3 * time.Second
 
+// keysSettle is how far apart the two reads of a keys file are, which must
+// agree for it to be taken: a file being written is not.
+const keysSettle = 100 * time.Millisecond
+
 // reloadKeys reloads the API keys file on SIGHUP and whenever its content
-// changes, until ctx ends. A broken file keeps the keys in force and logs one
-// error. Without a keys file, SIGHUP is logged and ignored.
+// changes, until ctx ends. A file that cannot be read (a removed file
+// included), changes while read, or does not parse keeps the keys in force,
+// and is loud: an ERROR line, the reload error counter, and /readyz's config
+// reports the keys stale until a reload succeeds; each failed check counts. Without a keys file,
+// SIGHUP is logged and ignored.
 func reloadKeys(ctx context.Context, cfg Config, keys *httpapi.Keys, log *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -371,6 +378,7 @@ func reloadKeys(ctx context.Context, cfg Config, keys *httpapi.Keys, log *slog.L
 		}
 	}
 	last, _ := os.ReadFile(cfg.APIKeysFile)
+	failed := "" // the last failure's reason, logged once
 	tick := time.NewTicker(keysCheckEvery)
 	defer tick.Stop()
 	for {
@@ -383,24 +391,50 @@ func reloadKeys(ctx context.Context, cfg Config, keys *httpapi.Keys, log *slog.L
 		case <-tick.C:
 		}
 		b, err := os.ReadFile(cfg.APIKeysFile)
-		if err == nil && !signalled && bytes.Equal(b, last) {
+		if err == nil && failed == "" && !signalled && bytes.Equal(b, last) {
 			continue
 		}
 		var next *httpapi.KeySet
 		if err == nil {
-			last = b
+			b, err = readSettled(cfg.APIKeysFile, keysSettle)
+		}
+		if err == nil {
 			next, err = httpapi.ParseKeysFile(b)
 		}
 		if err == nil {
 			next, err = httpapi.KeysFromList(cfg.APIKeys).Join(next)
 		}
 		if err != nil {
-			log.Error("API keys file not reloaded; the keys in force stay", "file", cfg.APIKeysFile, "error", strings.ReplaceAll(err.Error(), "\n", "; "))
+			reason := strings.ReplaceAll(err.Error(), "\n", "; ")
+			keys.MarkStale(reason)
+			if reason != failed || signalled {
+				failed = reason
+				log.Error("API keys file not reloaded; the keys in force stay, and /readyz reports them stale", "file", cfg.APIKeysFile, "error", reason)
+			}
 			continue
 		}
+		last, failed = b, ""
 		keys.Store(next)
 		log.Info("API keys reloaded", "file", cfg.APIKeysFile, "keys", next.Len())
 	}
+}
+
+// readSettled reads path twice, wait apart, and returns its content only if
+// both reads agree.
+func readSettled(path string, wait time.Duration) ([]byte, error) {
+	first, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	time.Sleep(wait)
+	second, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(first, second) {
+		return nil, fmt.Errorf("%s changed while it was read (being written?): tried again at the next check", path)
+	}
+	return second, nil
 }
 
 // auditKey derives the key that hashes userIds in the audit trail from the
