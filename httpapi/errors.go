@@ -111,13 +111,13 @@ func toAPIError(err error) *apiError {
 
 // errorHandler writes every error as {"error":{...}} and logs server-side
 // failures; the client never sees internal text.
-func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
+func errorHandler(log *slog.Logger, quiet *quietLog) echo.HTTPErrorHandler {
 	return func(err error, c echo.Context) {
 		if c.Response().Committed {
 			return
 		}
 		ae := toAPIError(err)
-		if ae.Status >= 500 {
+		if ae.Status >= 500 && quiet.allow(c.Request().Context(), "request failed", ae.Status) {
 			log.LogAttrs(c.Request().Context(), slog.LevelError, "request failed",
 				slog.String("request_id", c.Response().Header().Get(echo.HeaderXRequestID)),
 				slog.String("route", c.Path()), slog.Int("status", ae.Status),

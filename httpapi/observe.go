@@ -36,16 +36,17 @@ type observer struct {
 	log     *slog.Logger
 	mode    string
 	metrics *requestMetrics
+	quiet   *quietLog
 
 	idPrefix string        // random per process
 	idSeq    atomic.Uint64 // then a counter: unique, and cheap
 	sampled  atomic.Uint64
 }
 
-func newObserver(log *slog.Logger, mode string, m *requestMetrics) *observer {
+func newObserver(log *slog.Logger, mode string, m *requestMetrics, quiet *quietLog) *observer {
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
-	return &observer{log: log, mode: mode, metrics: m, idPrefix: hex.EncodeToString(b) + "-"}
+	return &observer{log: log, mode: mode, metrics: m, quiet: quiet, idPrefix: hex.EncodeToString(b) + "-"}
 }
 
 func (o *observer) middleware(next echo.HandlerFunc) echo.HandlerFunc {
@@ -69,7 +70,7 @@ func (o *observer) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 			key = k.Name
 		}
 		o.metrics.observe(route, status, key, latency)
-		if o.logs(status, latency) {
+		if o.logs(status, latency) && o.quiet.allow(req.Context(), "request", status) {
 			o.log.LogAttrs(req.Context(), slog.LevelInfo, "request",
 				slog.String("request_id", capped(id)), slog.String("method", req.Method),
 				slog.String("route", route), slog.String("path", capped(req.URL.Path)),

@@ -122,9 +122,10 @@ func New(opts Options) *echo.Echo {
 	s := &server{opts: opts, metrics: newRequestMetrics(opts.Registry)}
 	opts.Registry.MustRegister(opts.Keys.collectors()...)
 
-	e := newEcho(opts)
+	quiet := newQuietLog(opts.Logger)
+	e := newEcho(opts, quiet)
 	e.Use(
-		newObserver(opts.Logger, opts.AccessLog, s.metrics).middleware,
+		newObserver(opts.Logger, opts.AccessLog, s.metrics, quiet).middleware,
 		middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true, LogErrorFunc: func(c echo.Context, err error, _ []byte) error {
 			return err
 		}}),
@@ -150,7 +151,7 @@ func New(opts Options) *echo.Echo {
 func NewAdmin(opts Options) *echo.Echo {
 	opts = withDefaults(opts)
 	s := &server{opts: opts}
-	e := newEcho(opts)
+	e := newEcho(opts, newQuietLog(opts.Logger))
 	e.Use(middleware.Recover())
 	s.adminRoutes(e, s.opts.Pprof)
 	return e
@@ -165,10 +166,10 @@ func wrap(h echo.HandlerFunc, mw ...echo.MiddlewareFunc) echo.HandlerFunc {
 	return h
 }
 
-func newEcho(opts Options) *echo.Echo {
+func newEcho(opts Options, quiet *quietLog) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	e.HTTPErrorHandler = errorHandler(opts.Logger)
+	e.HTTPErrorHandler = errorHandler(opts.Logger, quiet)
 	return e
 }
 
