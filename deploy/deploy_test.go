@@ -157,6 +157,21 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" {
 		t.Error("probes are not on /readyz and /healthz")
+	} else if c.ReadinessProbe.HTTPGet.Port.String() != "admin" || c.LivenessProbe.HTTPGet.Port.String() != "admin" {
+		t.Error("probes are not on the admin port")
+	}
+	// The API is served over TLS, with a certificate from a TLS Secret.
+	tlsMounted := false
+	for _, v := range pod.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == "tokencache-tls" {
+			tlsMounted = true
+		}
+	}
+	if !tlsMounted {
+		t.Error("no certificate is mounted from the tokencache-tls Secret")
+	}
+	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "https" || svc.Spec.Ports[0].TargetPort.String() != "https" {
+		t.Errorf("the Service does not expose the API's https port alone: %v", svc.Spec.Ports)
 	}
 	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
 		t.Error("no resource requests")
@@ -176,7 +191,8 @@ func TestKubernetesManifests(t *testing.T) {
 			t.Errorf("%s is set in the manifest, not from the Secret", e.Name)
 		}
 	}
-	for _, want := range []string{"POLYV_APP_SECRET_FILE", "TOKENCACHE_API_KEYS_FILE", "REDIS_URL", "TOKENCACHE_ADMIN_ADDR", "GOMEMLIMIT"} {
+	for _, want := range []string{"POLYV_APP_SECRET_FILE", "TOKENCACHE_API_KEYS_FILE", "REDIS_URL", "TOKENCACHE_ADMIN_ADDR", "GOMEMLIMIT",
+		"TOKENCACHE_ENCRYPTION_KEYS_FILE", "TOKENCACHE_TLS_CERT_FILE", "TOKENCACHE_TLS_KEY_FILE"} {
 		if !env[want] {
 			t.Errorf("the Deployment does not set %s", want)
 		}

@@ -67,7 +67,14 @@ func (k *APIKey) allowsChannel(channelID string) bool {
 }
 
 // KeySet is an immutable set of API keys.
-type KeySet struct{ keys []APIKey }
+type KeySet struct {
+	keys      []APIKey
+	plaintext bool // a keys file gave a key itself, not its sha256
+}
+
+// HoldsPlaintext reports whether the file the set was read from holds a key
+// itself (key:), not only digests (sha256:).
+func (ks *KeySet) HoldsPlaintext() bool { return ks != nil && ks.plaintext }
 
 // Len is the number of keys; a nil set has none.
 func (ks *KeySet) Len() int {
@@ -188,6 +195,7 @@ func ParseKeysFile(data []byte) (*KeySet, error) {
 			copy(k.hash[:], b)
 		case fk.Key != "":
 			k.hash = sha256.Sum256([]byte(fk.Key))
+			ks.plaintext = true
 		default:
 			bad("needs sha256 (recommended) or key")
 		}

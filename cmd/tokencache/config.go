@@ -271,6 +271,9 @@ func (c *Config) readFiles() []string {
 		if err == nil {
 			c.Keys, err = c.Keys.Join(fileKeys)
 		}
+		if info, statErr := os.Stat(c.APIKeysFile); err == nil && statErr == nil && info.Mode().Perm()&0o077 != 0 && fileKeys.HoldsPlaintext() {
+			c.Warnings = append(c.Warnings, fmt.Sprintf("TOKENCACHE_API_KEYS_FILE %s holds keys in plaintext (key:) and other users can read it (mode %#o): chmod 600 it, or give sha256: digests instead", c.APIKeysFile, info.Mode().Perm()))
+		}
 		if err != nil {
 			problems = append(problems, prefixLines("TOKENCACHE_API_KEYS_FILE: ", err.Error())...)
 		}

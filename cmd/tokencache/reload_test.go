@@ -118,3 +118,33 @@ func TestKeysFileReadWhileWritten(t *testing.T) {
 		t.Errorf("readSettled() of a settled file = %q, %v", b, err)
 	}
 }
+
+// A keys file others can read warns at start when it holds keys themselves,
+// and not when it holds only digests or only its owner can read it.
+func TestReadableKeysFileWarns(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		body string
+		mode os.FileMode
+		warn bool
+	}{
+		{"keys:\n  - {name: a, key: a-key}\n", 0o644, true},
+		{"keys:\n  - {name: a, key: a-key}\n", 0o600, false},
+		{"keys:\n  - {name: a, sha256: " + strings.Repeat("ab", 32) + "}\n", 0o644, false},
+	} {
+		path := dir + "/keys.yaml"
+		os.WriteFile(path, []byte(tc.body), tc.mode)
+		os.Chmod(path, tc.mode)
+		cfg, err := loadConfig([]string{"-demo"}, envFunc(map[string]string{"TOKENCACHE_API_KEYS_FILE": path}), io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		warned := strings.Contains(strings.Join(cfg.Warnings, "\n"), "other users can read it")
+		if warned != tc.warn {
+			t.Errorf("mode %#o, %q: warned %v, want %v (%v)", tc.mode, tc.body, warned, tc.warn, cfg.Warnings)
+		}
+		if strings.Contains(strings.Join(cfg.Warnings, "\n"), "a-key") {
+			t.Error("the warning quotes a key")
+		}
+	}
+}
