@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"io"
 	"net/http"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -50,32 +52,77 @@ func TestNoSecretInAnyOutput(t *testing.T) {
 		check(strings.Join(args, " "))
 	}
 
-	// Start, readyz, a token, a 5xx, shutdown.
-	url, stdout, stderr, stop := startRun(t, nil, env)
-	get := func(path string) {
-		req, _ := http.NewRequest("GET", url+path, nil)
-		req.Header.Set("Authorization", "Bearer sentinel-api-key")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
+	// Start, readyz, a token, a 5xx, metrics, pprof, shutdown: with the
+	// secrets in the environment, as flags, and in files.
+	dir := t.TempDir()
+	writeFile := func(name, body string) string {
+		path := dir + "/" + name
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		outputs = append(outputs, string(b))
+		return path
 	}
-	get("/readyz")
-	get("/v1/channels/2094979/chat-token?userId=u&role=viewer")
-	sim.Sim.SetErrorRate(1)
-	get("/v1/channels/2094979/chat-token?userId=another&role=viewer")
-	get("/metrics")
-	if err := stop(); err != nil {
-		t.Fatal(err)
+	files := map[string]string{
+		"POLYV_APP_SECRET_FILE":           writeFile("secret", appSecret),
+		"TOKENCACHE_API_KEYS_FILE":        writeFile("keys.yaml", "keys:\n  - {name: k, key: sentinel-api-key}\n"),
+		"TOKENCACHE_ENCRYPTION_KEYS_FILE": writeFile("enc", "k1:"+encKey),
 	}
-	outputs = append(outputs, stdout.String(), stderr.String())
-	if !strings.Contains(stderr.String(), `"level":"ERROR"`) {
-		t.Errorf("no 5xx was logged; the test did not reach that entry point:\n%s", stderr)
+	flags := []string{"-polyv-app-secret", appSecret, "-api-keys", "sentinel-api-key", "-encryption-keys", "k1:" + encKey,
+		"-redis-url", env["REDIS_URL"]}
+	for _, way := range []string{"environment", "flags", "files"} {
+		runEnv := map[string]string{"TOKENCACHE_ADMIN_ADDR": "127.0.0.1:0", "TOKENCACHE_PPROF": "true"}
+		var args []string
+		for k, v := range env {
+			runEnv[k] = v
+		}
+		switch way {
+		case "flags":
+			for _, k := range []string{"POLYV_APP_SECRET", "TOKENCACHE_API_KEYS", "TOKENCACHE_ENCRYPTION_KEYS", "REDIS_URL"} {
+				delete(runEnv, k)
+			}
+			args = flags
+		case "files":
+			for _, k := range []string{"POLYV_APP_SECRET", "TOKENCACHE_API_KEYS", "TOKENCACHE_ENCRYPTION_KEYS"} {
+				delete(runEnv, k)
+			}
+			for k, v := range files {
+				runEnv[k] = v
+			}
+		}
+		sim.Sim.SetErrorRate(0)
+		url, stdout, stderr, stop := startRun(t, args, runEnv)
+		m := regexp.MustCompile(`"adminUrl":"(http://[^"]+)"`).FindStringSubmatch(stderr.String())
+		if m == nil {
+			t.Fatalf("%s: no admin URL in the start log", way)
+		}
+		get := func(url string) {
+			req, _ := http.NewRequest("GET", url, nil)
+			req.Header.Set("Authorization", "Bearer sentinel-api-key")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			outputs = append(outputs, string(b))
+		}
+		get(m[1] + "/readyz")
+		get(url + "/v1/channels/2094979/chat-token?userId=u&role=viewer")
+		sim.Sim.SetErrorRate(1)
+		get(url + "/v1/channels/2094979/chat-token?userId=another-" + way + "&role=viewer")
+		get(m[1] + "/metrics")
+		for _, page := range []string{"", "cmdline", "goroutine?debug=2", "heap?debug=1"} {
+			get(m[1] + "/debug/pprof/" + page)
+		}
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		outputs = append(outputs, stdout.String(), stderr.String())
+		if !strings.Contains(stderr.String(), `"level":"ERROR"`) {
+			t.Errorf("%s: no 5xx was logged; the test did not reach that entry point:\n%s", way, stderr)
+		}
+		check("running server, secrets in " + way)
 	}
-	check("running server")
 }
 
 func errString(err error) string {
