@@ -78,6 +78,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if err := cli.Parse(fs, args[1:], stdout, "usage: tokencache healthcheck [-addr host:port]"); err != nil {
 			return err
 		}
+		// Without an admin listener, /healthz is on the main port, which
+		// serves HTTPS when a certificate is configured.
+		if cert := getenv("TOKENCACHE_TLS_CERT_FILE"); cert != "" && getenv("TOKENCACHE_ADMIN_ADDR") == "" {
+			return healthcheck.ProbeTLS(ctx, "https://"+dialable(*addr)+"/healthz", cert)
+		}
 		return healthcheck.Probe(ctx, "http://"+dialable(*addr)+"/healthz")
 	}
 	cfg, err := loadConfig(args, getenv, stdout)

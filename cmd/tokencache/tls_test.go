@@ -191,3 +191,26 @@ func TestTLS12OnlyAEAD(t *testing.T) {
 		t.Errorf("a TLS 1.2 client offering AES-GCM: %v", err)
 	}
 }
+
+// tokencache healthcheck passes against an HTTPS main port (no admin
+// listener), as the container healthcheck runs it: with the server's own
+// environment, trusting the server's own certificate file.
+func TestHealthcheckOverTLS(t *testing.T) {
+	certs := testcerts.Write(t)
+	env := map[string]string{"TOKENCACHE_TLS_CERT_FILE": certs.ServerCert, "TOKENCACHE_TLS_KEY_FILE": certs.ServerKey}
+	serverEnv := map[string]string{"TOKENCACHE_ADDR": "127.0.0.1:0"}
+	for k, v := range env {
+		serverEnv[k] = v
+	}
+	url, _, _, _ := startRun(t, []string{"-demo"}, serverEnv)
+	env["TOKENCACHE_ADDR"] = strings.TrimPrefix(url, "https://")
+	if err := run(context.Background(), []string{"healthcheck"}, envFunc(env), io.Discard, io.Discard); err != nil {
+		t.Errorf("healthcheck of the HTTPS port = %v", err)
+	}
+	// Another server's certificate is not the one it trusts.
+	other := testcerts.Write(t)
+	env["TOKENCACHE_TLS_CERT_FILE"] = other.ServerCert
+	if err := run(context.Background(), []string{"healthcheck"}, envFunc(env), io.Discard, io.Discard); err == nil {
+		t.Error("healthcheck passed against a server whose certificate is not the configured one")
+	}
+}
