@@ -2,7 +2,8 @@
 GO          ?= go
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 BIN         := bin
-LDFLAGS     := -s -w
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+LDFLAGS     := -s -w -X github.com/tokencache/tokencache/internal/cli.stamped=$(VERSION)
 export CGO_ENABLED ?= 0
 
 .DEFAULT_GOAL := help

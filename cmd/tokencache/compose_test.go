@@ -86,6 +86,7 @@ func TestDockerfileBuild(t *testing.T) {
 	out := t.TempDir()
 	cmd := exec.Command("sh", "-c", m[1]+" -o "+out+"/ "+m[2])
 	cmd.Dir = "../.."
+	cmd.Env = append(os.Environ(), "VERSION=v9.9.9-test") // as the ARG gives it
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", cmd, err, msg)
 	}
@@ -93,6 +94,10 @@ func TestDockerfileBuild(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(out, bin)); err != nil {
 			t.Errorf("the build made no %s: %v", bin, err)
 		}
+	}
+	// -version is stamped, though the image's build has no VCS data.
+	if v, err := exec.Command(filepath.Join(out, "tokencache"), "-version").Output(); err != nil || !strings.Contains(string(v), "v9.9.9-test") {
+		t.Errorf("tokencache -version = %q, %v; want the stamped version", v, err)
 	}
 	// Static: the distroless base has no libc.
 	if out, err := exec.Command("file", filepath.Join(out, "tokencache")).Output(); err == nil && !strings.Contains(string(out), "statically linked") {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -173,7 +174,11 @@ func cacheProblems(err error) []string {
 	for _, e := range errs {
 		var oe *cache.OptionError
 		if errors.As(e, &oe) && cacheOptionSettings[oe.Option] != "" {
-			p = append(p, fmt.Sprintf("%s=%v: %s", cacheOptionSettings[oe.Option], oe.Value, oe.Rule))
+			v := oe.Value
+			if d, ok := v.(time.Duration); ok {
+				v = shortDuration(d) // as a setting is written: 7h, not 7h0m0s
+			}
+			p = append(p, fmt.Sprintf("%s=%v: %s", cacheOptionSettings[oe.Option], v, oe.Rule))
 		} else {
 			p = append(p, e.Error())
 		}
@@ -218,9 +223,29 @@ func loadConfig(args []string, getenv func(string) string, stdout io.Writer) (Co
 	problems = append(problems, c.readFiles()...)
 	problems = append(problems, c.validate()...)
 	if len(problems) > 0 {
-		return c, errors.New(strings.Join(problems, "\n"))
+		return c, errors.New(strings.Join(byFlag(problems, fs, c.settings()), "\n"))
 	}
 	return c, nil
+}
+
+// byFlag names, in each problem, a setting given as a flag by that flag:
+// "-ttl=7h: ..." for -ttl 7h, where the environment's reads "TOKENCACHE_TTL=7h".
+func byFlag(problems []string, fs *flag.FlagSet, settings []setting) []string {
+	fs.Visit(func(f *flag.Flag) {
+		for _, s := range settings {
+			if s.flagName() != f.Name {
+				continue
+			}
+			for i, p := range problems {
+				for _, sep := range []string{"=", ":"} {
+					if strings.HasPrefix(p, s.env+sep) {
+						problems[i] = "-" + f.Name + strings.TrimPrefix(p, s.env)
+					}
+				}
+			}
+		}
+	})
+	return problems
 }
 
 // readFiles loads the secret and the API keys from their files, if set.
@@ -344,7 +369,10 @@ func (c *Config) validate() []string {
 	}
 	p = append(p, cacheProblems(c.cacheOptions().Validate())...)
 	if _, err := parseLevel(c.LogLevel); err != nil {
-		p = append(p, "TOKENCACHE_LOG_LEVEL: "+err.Error())
+		p = append(p, fmt.Sprintf("TOKENCACHE_LOG_LEVEL=%q: must be debug, info, warn or error", c.LogLevel))
+	}
+	if c.AdminAddr != "" && sameListenAddr(c.Addr, c.AdminAddr) {
+		p = append(p, fmt.Sprintf("TOKENCACHE_ADMIN_ADDR=%s and TOKENCACHE_ADDR=%s are the same address: give the admin listener a port of its own", c.AdminAddr, c.Addr))
 	}
 	if !slices.Contains(httpapi.AccessLogModes, c.AccessLog) {
 		p = append(p, fmt.Sprintf("TOKENCACHE_ACCESS_LOG=%q: must be errors, sampled or all", c.AccessLog))
@@ -356,6 +384,18 @@ func (c *Config) validate() []string {
 		p = append(p, "TOKENCACHE_SHUTDOWN_PERIOD must be positive")
 	}
 	return p
+}
+
+// sameListenAddr reports whether listening on a and b would clash: one port,
+// and one host or a wildcard host.
+func sameListenAddr(a, b string) bool {
+	ha, pa, errA := net.SplitHostPort(a)
+	hb, pb, errB := net.SplitHostPort(b)
+	if errA != nil || errB != nil {
+		return a == b
+	}
+	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return pa == pb && pa != "0" && (ha == hb || wild(ha) || wild(hb))
 }
 
 // encrypting reports whether encryption keys are configured.
@@ -386,15 +426,19 @@ func (c Config) Format(f fmt.State, _ rune) { fmt.Fprint(f, c.LogValue().String(
 func parseEncryptionKeys(s string) ([]cache.EncryptionKey, error) {
 	var keys []cache.EncryptionKey
 	var problems []string
+	seen := map[string]bool{}
 	for i, entry := range splitList(s) {
 		id, b64, ok := strings.Cut(entry, ":")
 		key, err := base64.StdEncoding.DecodeString(b64)
 		switch {
 		case !ok || id == "":
 			problems = append(problems, fmt.Sprintf("entry %d: want id:base64", i+1))
+		case seen[id]:
+			problems = append(problems, fmt.Sprintf("entry %d (%q): the id %s is used twice; give each key an id of its own", i+1, id, id))
 		case err != nil || len(key) != 32:
 			problems = append(problems, fmt.Sprintf("entry %d (%q): want the base64 of 32 random bytes (openssl rand -base64 32)", i+1, id))
 		default:
+			seen[id] = true
 			keys = append(keys, cache.EncryptionKey{ID: id, Key: key})
 		}
 	}

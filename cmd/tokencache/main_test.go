@@ -374,7 +374,7 @@ func TestAccessConfigProblems(t *testing.T) {
 		// The cache's own rules, worded as settings.
 		{map[string]string{"TOKENCACHE_API_KEYS": "k", "TOKENCACHE_LOCAL_SIZE": "-1", "TOKENCACHE_REFRESH_AFTER": "6h", "TOKENCACHE_NEGATIVE_TTL": "-1s"}, []string{
 			"TOKENCACHE_LOCAL_SIZE=-1: must be 0 (off) or more",
-			"TOKENCACHE_REFRESH_AFTER=6h0m0s: must be positive and under TTL (5h45m0s)",
+			"TOKENCACHE_REFRESH_AFTER=6h: must be positive and under TTL (5h45m0s)",
 			"TOKENCACHE_NEGATIVE_TTL=-1s: must be positive"}},
 	} {
 		env := maps.Clone(base)

@@ -52,8 +52,17 @@ func PrintUsage(fs *flag.FlagSet, w io.Writer, usage string) {
 	fs.SetOutput(io.Discard)
 }
 
-// Version is the module version and VCS revision the binary was built from.
+// stamped is the version given at build time (make build and the Dockerfile
+// set it from git describe): builds without VCS data, as in an image, know
+// it only so.
+var stamped string
+
+// Version is the version stamped at build time, or else the module version
+// and VCS revision the binary was built from.
 func Version() string {
+	if stamped != "" {
+		return stamped
+	}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "(unknown)"
