@@ -281,6 +281,7 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 		opts.Metrics = NewMetrics()
 	}
 	opts.Metrics.rateLimit.Set(float64(opts.RateLimit))
+	opts.Metrics.bulkShare.Set(opts.BulkShare)
 	c := &Cache{
 		rdb:      rdb,
 		upstream: upstream,

@@ -37,6 +37,7 @@ type Metrics struct {
 	unopenable       prometheus.Counter
 	resealed         prometheus.Counter
 	rateLimit        prometheus.Gauge
+	bulkShare        prometheus.Gauge
 	localDropped     prometheus.Counter
 	pubsubSilent     prometheus.Counter
 
@@ -78,6 +79,9 @@ func NewMetrics() *Metrics {
 		resealed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokencache_values_resealed_total", Help: "Stored values sealed again with the sealing key at start, after a key rotation.",
 		}),
+		bulkShare: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tokencache_polyv_bulk_share", Help: "The most of the Polyv rate that bulk items may use (TOKENCACHE_BULK_SHARE): bulk warms run at rate limit × bulk share.",
+		}),
 		rateLimit: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tokencache_polyv_rate_limit", Help: "The fleet-wide Polyv calls per second allowed (POLYV_RATE_LIMIT), to compare the call rate with.",
 		}),
@@ -101,7 +105,7 @@ func NewMetrics() *Metrics {
 
 // Collectors returns every collector, for prometheus.Registerer.MustRegister.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return append([]prometheus.Collector{m.results, m.upstreamRequests, m.upstreamDuration, m.leaseWait, m.redisErrors, m.redisCircuitOpen, m.refreshes, m.unopenable, m.resealed, m.rateLimit, m.localDropped, m.pubsubSilent}, m.budget.Collectors()...)
+	return append([]prometheus.Collector{m.results, m.upstreamRequests, m.upstreamDuration, m.leaseWait, m.redisErrors, m.redisCircuitOpen, m.refreshes, m.unopenable, m.resealed, m.rateLimit, m.bulkShare, m.localDropped, m.pubsubSilent}, m.budget.Collectors()...)
 }
 
 func (m *Metrics) result(r Result) { m.byResult[r].Inc() }

@@ -18,8 +18,9 @@ var floodStatuses = map[int]bool{401: true, 403: true, 429: true, 503: true}
 // burst of as many.
 const floodLinesPerSecond = 10
 
-// quietLog bounds the log lines of floodStatuses. The first line let
-// through after some were held back is preceded by one saying how many.
+// quietLog bounds the log lines of floodStatuses. A line let through after
+// some were held back is preceded, at most once a second, by one saying how
+// many.
 type quietLog struct {
 	log *slog.Logger
 
@@ -33,9 +34,10 @@ type lineKind struct {
 }
 
 type heldLines struct {
-	limit *rate.Limiter
-	held  int
-	since time.Time // of the first line held back
+	limit    *rate.Limiter
+	held     int
+	since    time.Time // of the first line held back
+	reported time.Time // the last "suppressed" line
 }
 
 func newQuietLog(log *slog.Logger) *quietLog {
@@ -63,7 +65,11 @@ func (q *quietLog) allow(ctx context.Context, msg string, status int) bool {
 		return false
 	}
 	held, since := h.held, h.since
-	h.held = 0
+	if held > 0 && time.Since(h.reported) < time.Second {
+		held = 0 // at most one "suppressed" line a second: the count goes on
+	} else if held > 0 {
+		h.held, h.reported = 0, time.Now()
+	}
 	q.mu.Unlock()
 	if held > 0 {
 		q.log.LogAttrs(ctx, slog.LevelWarn, "similar lines suppressed", slog.String("line", msg),

@@ -232,6 +232,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			key = cfg.APIKeys[0]
 		}
 		fmt.Fprintf(stdout, "curl -sS -H 'Authorization: Bearer %s' '%s/v1/channels/2094979/chat-token?userId=1b448be323&role=viewer&origin=web'\n\n", key, url)
+		fmt.Fprintf(stdout, "The Polyv simulator answers at %s: give tokenload -stats %s to count its calls.\n\n", cfg.BaseURL, cfg.BaseURL)
 	}
 
 	select {

@@ -176,6 +176,17 @@ func TestDemoCurlWorks(t *testing.T) {
 	if err := json.Unmarshal(out, &body); err != nil || len(body.Token) != 32 || body.ChannelID != "2094979" {
 		t.Errorf("curl printed %s", out)
 	}
+	// The simulator's address is printed, for tokenload -stats.
+	m := regexp.MustCompile(`-stats (http://127\.0\.0\.1:\d+)`).FindStringSubmatch(stdout.String())
+	if m == nil {
+		t.Fatalf("no simulator address in:\n%s", stdout)
+	}
+	resp, err := http.Get(m[1] + "/stats")
+	if err != nil || resp.StatusCode != 200 {
+		t.Errorf("the printed simulator address does not answer /stats: %v %v", err, resp)
+	} else {
+		resp.Body.Close()
+	}
 }
 
 func TestBindErrorReportedAtOnce(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tokencache/tokencache/internal/cli"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
@@ -72,7 +73,7 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	timeout := fs.Duration("timeout", 30*time.Second, "per-request timeout")
 	channels := fs.Int("channels", 10, "channels")
 	users := fs.Int("users", 1000, "known users per channel")
-	pool := fs.String("pool", "", "replay the known viewers of a pool written by `tokenload warm` instead of -channels and -users")
+	pool := fs.String("pool", "", "replay the known viewers of a pool file written by tokenload warm, instead of -channels and -users")
 	roleMix := fs.String("roles", "viewer=0.95,guest=0.03,assistant=0.01,teacher=0.01", "role mix, role=weight,...")
 	popularity := fs.String("popularity", "zipf", "how known users are picked: zipf or uniform")
 	zipfS := fs.Float64("zipf-s", 1.1, "zipf exponent (over 1)")
@@ -81,10 +82,11 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	stats := fs.String("stats", "", "Polyv simulator base URL (a trailing /stats is fine): count its calls and check every token against /issued; unreachable is fatal")
 	maxErrorRatio := fs.Float64("max-error-ratio", 0, "exit non-zero when more than this fraction of requests fail")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	output := fs.String("output", "", "write the results in vegeta's binary format, for `vegeta report` and `vegeta plot`")
+	output := fs.String("output", "", "write the results to this file in vegeta's binary format, for vegeta report and vegeta plot")
 	name := fs.String("name", "tokenload", "attack name in the results")
 	quiet := fs.Bool("quiet", false, "no live progress line")
 	direct := fs.Bool("polyv", false, "attack the Polyv API (the simulator) at -target itself, signed with POLYV_APP_ID and POLYV_APP_SECRET from the environment: the upstream's own latency under the same load")
+	metricsURLs := fs.String("metrics", "", "comma-separated /metrics URLs of the instances, for the upstream call count (default: each target's /metrics; give the admin listener's when TOKENCACHE_ADMIN_ADDR is set)")
 	serverPID := fs.Int("server-pid", 0, "a local process, such as the server under test, whose CPU time per request to report (Linux)")
 	if err := cli.Parse(fs, args, stdout, ""); err != nil {
 		return err
@@ -134,8 +136,17 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 	}
 	var promBefore *float64
+	scrape := splitTargets(*metricsURLs)
+	if len(scrape) == 0 {
+		for _, b := range bases {
+			scrape = append(scrape, b+"/metrics")
+		}
+	}
 	if !*direct {
-		promBefore = upstreamFromMetrics(ctx, bases)
+		var err error
+		if promBefore, err = upstreamFromMetrics(ctx, scrape); err != nil {
+			fmt.Fprintf(stderr, "warning: the report leaves out tokencache's upstream call count: %v; when the metrics are on an admin listener, give its URL with -metrics\n", err)
+		}
 	}
 
 	var n atomic.Uint64
@@ -234,7 +245,7 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		rep.WrongTokens, rep.WrongEg = &wrong, eg
 	}
 	if promBefore != nil {
-		if after := upstreamFromMetrics(ctx, bases); after != nil {
+		if after, _ := upstreamFromMetrics(ctx, scrape); after != nil {
 			n := *after - *promBefore
 			rep.UpstreamProm = &n
 		}
@@ -438,27 +449,57 @@ func simIssued(ctx context.Context, base string) (map[string][]string, error) {
 	return issued, err
 }
 
-// upstreamFromMetrics sums tokencache_upstream_requests_total over targets;
-// nil if any target's /metrics cannot be read.
-func upstreamFromMetrics(ctx context.Context, bases []string) *float64 {
+// upstreamFromMetrics sums tokencache_upstream_requests_total over the
+// instances' /metrics URLs; nil and why if any cannot be read.
+func upstreamFromMetrics(ctx context.Context, urls []string) (*float64, error) {
 	var sum float64
-	for _, b := range bases {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, b+"/metrics", nil)
-		resp, err := httpClient.Do(req)
+	for _, u := range urls {
+		families, err := scrapeMetrics(ctx, u)
 		if err != nil {
-			return nil
+			return nil, err
 		}
-		p := expfmt.NewTextParser(model.UTF8Validation)
-		families, err := p.TextToMetricFamilies(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			return nil
+		f := families["tokencache_upstream_requests_total"]
+		if f == nil {
+			return nil, fmt.Errorf("%s has no tokencache_upstream_requests_total: not a tokencache instance's metrics", u)
 		}
-		if f := families["tokencache_upstream_requests_total"]; f != nil {
-			for _, m := range f.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
+		for _, m := range f.GetMetric() {
+			sum += m.GetCounter().GetValue()
 		}
 	}
-	return &sum
+	return &sum, nil
+}
+
+// scrapeMetrics reads the metric families at a /metrics URL.
+func scrapeMetrics(ctx context.Context, u string) (map[string]*dto.MetricFamily, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", u, resp.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", u, err)
+	}
+	return families, nil
+}
+
+// gaugeAt reads one unlabelled gauge from a /metrics URL.
+func gaugeAt(ctx context.Context, u, name string) (float64, error) {
+	families, err := scrapeMetrics(ctx, u)
+	if err != nil {
+		return 0, err
+	}
+	f := families[name]
+	if f == nil || len(f.GetMetric()) == 0 {
+		return 0, fmt.Errorf("%s has no %s", u, name)
+	}
+	return f.GetMetric()[0].GetGauge().GetValue(), nil
 }

@@ -21,17 +21,22 @@ import (
 // may name several rounds (label=a.json,b.json): its ratio is the median of
 // each round's ratio to the baseline's round of the same number, so that a
 // machine whose speed drifts during the run skews no row.
+const compareUsage = `usage: tokenload compare [flags] label=report.json[,round2.json...] [label=report.json...]
+
+Each argument names a report written by tokenload attack -json: label=path,
+or label=path1,path2,... for rounds. The first label is the baseline.`
+
 func compareCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tokenload compare", flag.ContinueOnError)
 	markdown := fs.Bool("markdown", false, "print a Markdown table")
 	missLatency := fs.Duration("sim-latency", 0, "simulator latency of the miss runs, to report the miss overhead")
 	var missNames labelList
-	fs.Var(&missNames, "miss", "label of a miss run, or label:upstream-label to measure its overhead over an `attack -polyv` run under the same load; repeat it or separate with commas")
-	if err := cli.Parse(fs, args, stdout, ""); err != nil {
+	fs.Var(&missNames, "miss", "label of a miss run, or label:upstream-label to measure its overhead over an attack -polyv run under the same load; repeat it or separate with commas")
+	if err := cli.Parse(fs, args, stdout, compareUsage); err != nil {
 		return err
 	}
 	if fs.NArg() == 0 {
-		return errors.New("usage: tokenload compare [-markdown] label=report.json[,round2.json...] [label=report.json...]")
+		return &cli.UsageError{Msg: compareUsage}
 	}
 	var labels []string
 	var runs [][]attackReport // per label, its rounds
@@ -93,11 +98,11 @@ func compareCmd(args []string, stdout, stderr io.Writer) error {
 					non200 += n
 				}
 			}
-			if r.UpstreamSim != nil {
+			if n, ok := r.upstreamCalls(); ok {
 				if calls == nil {
 					calls = new(int64)
 				}
-				*calls += *r.UpstreamSim
+				*calls += n
 			}
 		}
 		ratio, callCell := "-", "-"
@@ -190,4 +195,16 @@ func (l *labelList) Set(s string) error {
 	}
 	*l = append(*l, add...)
 	return nil
+}
+
+// upstreamCalls is the run's Polyv call count: the simulator's, or else
+// tokencache's own metrics'.
+func (r attackReport) upstreamCalls() (int64, bool) {
+	switch {
+	case r.UpstreamSim != nil:
+		return *r.UpstreamSim, true
+	case r.UpstreamProm != nil:
+		return int64(*r.UpstreamProm), true
+	}
+	return 0, false
 }

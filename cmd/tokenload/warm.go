@@ -45,7 +45,8 @@ func warmCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	roleMix := fs.String("roles", "viewer=0.95,guest=0.03,assistant=0.01,teacher=0.01", "role mix of generated users")
 	out := fs.String("out", "pool.jsonl", "token pool to append to (JSONL); entries still valid are skipped on a rerun")
 	minRemaining := fs.Duration("min-remaining", 30*time.Minute, "a pooled token with less validity left is fetched again")
-	batch := fs.Int("batch", 500, "identities per bulk request (at most 1000)")
+	batch := fs.Int("batch", 1000, "identities per bulk request (at most 1000)")
+	metricsURL := fs.String("metrics", "", "the server's /metrics URL, to read its Polyv rate for the time estimate (default: the target's /metrics; give the admin listener's when TOKENCACHE_ADMIN_ADDR is set)")
 	concurrency := fs.Int("concurrency", 2, "bulk requests in flight")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	if err := cli.Parse(fs, args, stdout, ""); err != nil {
@@ -74,6 +75,14 @@ func warmCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 	}
 	fmt.Fprintf(stderr, "warm: %d identities, %d already in %s, %d to fetch\n", len(ids), len(ids)-len(todo), *out, len(todo))
+	if len(todo) == 0 {
+		fmt.Fprintf(stdout, "warmed 0, failed 0, skipped %d (already warm); pool: %s\n", len(ids), *out)
+		return nil
+	}
+	if *metricsURL == "" {
+		*metricsURL = *target + "/metrics"
+	}
+	fmt.Fprintln(stderr, "warm: "+estimate(ctx, *metricsURL, len(todo)))
 
 	f, err := os.OpenFile(*out, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -83,32 +92,45 @@ func warmCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	w := bufio.NewWriter(f)
 	defer w.Flush()
 
-	batches := groupBatches(todo, *batch)
+	// One identity first: a wrong key or an unreachable target is one
+	// clear error, not one per identity.
+	first, firstFails, err := postBulk(ctx, *target, *key, todo[:1])
+	if err != nil {
+		return fmt.Errorf("the first request failed, so nothing more was sent: %w", err)
+	}
+	for _, l := range first {
+		w.Write(l)
+		w.WriteByte('\n')
+	}
 	var (
 		mu       sync.Mutex
-		failures []failure
+		failures = firstFails
 		ok, bad  atomic.Int64
 		wg       sync.WaitGroup
-		firstErr error
 	)
-	stop := progress(stderr, *quiet, func(time.Duration) string {
-		return progressBar(int(ok.Load()+bad.Load()), len(todo), int(ok.Load()), int(bad.Load()))
+	ok.Add(int64(len(first)))
+	bad.Add(int64(len(firstFails)))
+	stop := progress(stderr, *quiet, func(elapsed time.Duration) string {
+		return progressBar(int(ok.Load()+bad.Load()), len(todo), int(ok.Load()), int(bad.Load()), elapsed)
 	})
 	sem := make(chan struct{}, max(1, *concurrency))
-	for _, b := range batches {
+	for _, b := range groupBatches(todo[1:], *batch) {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break // stopped: what is not sent is not tried, not failed
+		}
 		wg.Add(1)
-		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			lines, fails, err := postBulk(ctx, *target, *key, b)
 			mu.Lock()
 			defer mu.Unlock()
-			if err != nil {
+			if err != nil && ctx.Err() == nil {
 				for _, id := range b {
 					fails = append(fails, failure{identity: id, Error: json.RawMessage(strconvQuote(err.Error()))})
-				}
-				if firstErr == nil {
-					firstErr = err
 				}
 			}
 			for _, l := range lines {
@@ -124,6 +146,10 @@ func warmCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	stop()
 
 	fmt.Fprintf(stdout, "warmed %d, failed %d, skipped %d (already warm); pool: %s\n", ok.Load(), bad.Load(), len(ids)-len(todo), *out)
+	if ctx.Err() != nil {
+		left := len(todo) - int(ok.Load()+bad.Load())
+		return fmt.Errorf("stopped: %d warmed are in %s; %d not tried (a rerun continues with them)", ok.Load(), *out, left)
+	}
 	if len(failures) == 0 {
 		return nil
 	}
@@ -142,13 +168,35 @@ func warmCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 func strconvQuote(s string) string { b, _ := json.Marshal(s); return string(b) }
 
-func progressBar(done, total, ok, bad int) string {
+// progressBar is warm's live line: how far, how fast, how long yet.
+func progressBar(done, total, ok, bad int, elapsed time.Duration) string {
 	const width = 30
 	filled := width
 	if total > 0 {
 		filled = done * width / total
 	}
-	return fmt.Sprintf("warm [%s%s] %d/%d ok %d failed %d", strings.Repeat("#", filled), strings.Repeat(".", width-filled), done, total, ok, bad)
+	line := fmt.Sprintf("warm [%s%s] %d/%d ok %d failed %d", strings.Repeat("#", filled), strings.Repeat(".", width-filled), done, total, ok, bad)
+	if perSecond := float64(done) / elapsed.Seconds(); done > 0 && elapsed > 0 {
+		left := time.Duration(float64(total-done) / perSecond * float64(time.Second))
+		line += fmt.Sprintf(" %.0f/s left %v", perSecond, left.Round(time.Second))
+	}
+	return line
+}
+
+// estimate says how long fetching n tokens takes at the server's bulk
+// rate, read from its metrics (the Polyv rate limit × the bulk share).
+func estimate(ctx context.Context, metricsURL string, n int) string {
+	rate, err := gaugeAt(ctx, metricsURL, "tokencache_polyv_rate_limit")
+	share, shareErr := gaugeAt(ctx, metricsURL, "tokencache_polyv_bulk_share")
+	if err != nil || shareErr != nil || rate*share <= 0 {
+		// The server's defaults: 100/s, half of it for bulk.
+		return fmt.Sprintf("cannot read the server's Polyv rate (%v); at the defaults (50/s for bulk) %d tokens take about %v; give -metrics when the metrics are on an admin listener",
+			errors.Join(err, shareErr), n, (time.Duration(n) * time.Second / 50).Round(time.Second))
+	}
+	perSecond := rate * share
+	took := time.Duration(float64(n) / perSecond * float64(time.Second))
+	return fmt.Sprintf("%d tokens at the server's bulk rate (%.0f/s: POLYV_RATE_LIMIT %.0f × TOKENCACHE_BULK_SHARE %.2g) take about %v, less for tokens already cached",
+		n, perSecond, rate, share, took.Round(time.Second))
 }
 
 // warmIdentities reads -input or generates users.
