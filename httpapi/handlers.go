@@ -292,6 +292,10 @@ func checkScope(c echo.Context, r cache.Key) error {
 // requestTimeoutHeader carries the caller's own deadline, in seconds.
 const requestTimeoutHeader = "Request-Timeout"
 
+// answerMargin is the most a request's work stops before the caller's
+// Request-Timeout, to send the answer in.
+const answerMargin = 50 * time.Millisecond
+
 // deadline bounds a request by the smaller of limit and the caller's
 // Request-Timeout, so that no work goes on after the caller has given up.
 func (s *server) deadline(c echo.Context, ctx context.Context, limit time.Duration) (context.Context, context.CancelFunc, error) {
@@ -310,8 +314,10 @@ func (s *server) limit(c echo.Context, limit time.Duration) (time.Duration, erro
 		if err != nil || secs <= 0 || math.IsInf(secs, 0) || math.IsNaN(secs) {
 			return 0, invalid(requestTimeoutHeader, "Request-Timeout must be a positive number of seconds, such as 2 or 0.5")
 		}
-		if secs < limit.Seconds() {
-			limit = time.Duration(secs * float64(time.Second))
+		if given := time.Duration(secs * float64(time.Second)); given < limit {
+			// Answer a little before the caller gives up, so that it
+			// reads the answer (a 504 or 503 with Retry-After included).
+			limit = given - min(given/20, answerMargin)
 		}
 	}
 	return limit, nil
