@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -118,4 +119,21 @@ func validate(t *testing.T, router routers.Router, method, target, body string, 
 func init() {
 	// The spec and metrics are text; check their presence, not their grammar.
 	openapi3filter.RegisterBodyDecoder("application/yaml", openapi3filter.FileBodyDecoder)
+}
+
+// The spec's origin rule is the server's: whatever one accepts, so does the
+// other.
+func TestOriginRuleMatchesSpec(t *testing.T) {
+	doc, err := openapi3.NewLoader().LoadFromData(OpenAPISpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(doc.Components.Parameters["origin"].Value.Schema.Value.Pattern)
+	for _, origin := range []string{"", "web", "app_2-x", strings.Repeat("a", 32), strings.Repeat("a", 33), "a b", "é", "web;"} {
+		specOK := re.MatchString(origin)
+		serverOK := validateChat(cache.Key{ChannelID: "1", UserID: "u", Role: "viewer", Origin: origin}) == nil
+		if specOK != serverOK {
+			t.Errorf("origin %q: the spec accepts it %v, the server %v", origin, specOK, serverOK)
+		}
+	}
 }

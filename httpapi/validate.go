@@ -68,7 +68,7 @@ func validateChat(r cache.Key) error {
 		return invalid("role", "role must be one of teacher, admin, guest, assistant, viewer")
 	}
 	if r.Origin != "" && !isID(r.Origin, maxOrigin) {
-		return invalid("origin", "origin must be 1-32 characters of A-Z, a-z, 0-9, '_' or '-'")
+		return invalid("origin", "origin must be 1-32 characters of A-Z, a-z, 0-9, '_' or '-' (or empty or absent: none)")
 	}
 	return nil
 }
