@@ -118,16 +118,16 @@ func (w *faultWorld) get(t *rapid.T, c *Cache, user string, timeout time.Duratio
 	took := time.Since(start)
 	w.record("  instance %d: get %s (%v) = %s %v %v in %v", w.instance(c), user, timeout, tok.Token, res, err, took.Round(time.Millisecond))
 	if healthy && took > w.opts.LeaseTTL+time.Second {
-		w.fail(t, "Get(%s) took %v with Redis and Polyv healthy (%v, %v)", user, took, res, err)
+		w.fail(t, "invariant 4 (lease held until the store lands): Get(%s) took %v with Redis and Polyv healthy (%v, %v)", user, took, res, err)
 	}
 	if err != nil {
 		return
 	}
 	if !w.clk.Now().Before(tok.IssuedAt.Add(w.opts.TTL)) {
-		w.fail(t, "Get(%s) served %s past its TTL (%v)", user, tok.Token, res)
+		w.fail(t, "invariant 1 (never past expiry): Get(%s) served %s past its TTL (%v)", user, tok.Token, res)
 	}
 	if bound, ok := w.deletedBy[tok.Token]; ok && time.Now().After(bound) {
-		w.fail(t, "Get(%s) served %s, deleted %v ago (%v)", user, tok.Token, time.Since(bound.Add(-2*time.Second)), res)
+		w.fail(t, "invariant 2 (gone 2 s after DELETE): Get(%s) served %s, deleted %v ago (%v)", user, tok.Token, time.Since(bound.Add(-2*time.Second)), res)
 	}
 }
 
@@ -163,7 +163,7 @@ func (w *faultWorld) instance(c *Cache) int {
 func (w *faultWorld) check(t *rapid.T) {
 	for _, u := range w.users {
 		if got, max := len(w.up.issuedFor(u)), w.allowed[u]; got > max {
-			w.fail(t, "Polyv issued %d tokens for %s, at most %d allowed", got, u, max)
+			w.fail(t, "invariant 3 (one call per token): Polyv issued %d tokens for %s, at most %d allowed", got, u, max)
 		}
 	}
 	// go-redis answers with its last dial error until its own redial, once a
@@ -171,7 +171,7 @@ func (w *faultWorld) check(t *rapid.T) {
 	if w.redisUp && time.Since(w.redisUpSince) > w.opts.BreakerOpenFor+goRedisRedial+500*time.Millisecond {
 		for i, c := range w.fleet {
 			if c.RedisCircuit() == "open" {
-				w.fail(t, "instance %d: circuit open %v after Redis came back", i, time.Since(w.redisUpSince))
+				w.fail(t, "invariant 6 (Redis no single point of failure): instance %d: circuit open %v after Redis came back", i, time.Since(w.redisUpSince))
 			}
 		}
 	}
@@ -272,7 +272,7 @@ func faultBudget(t *testing.T) {
 
 // TestRandomFaults drives three instances on one real redis-server with
 // random steps, faults among them, and checks the cache's promises after
-// every step. A failure prints the steps and a seed to replay them with.
+// every step: docs/design.md's invariants 1-4 and 6, named by number. A failure prints the steps and a seed to replay them with.
 func TestRandomFaults(t *testing.T) {
 	faultBudget(t)
 	outer := t

@@ -12,7 +12,7 @@ import (
 	"github.com/tokencache/tokencache/polyv"
 )
 
-// Error codes of the API, as in the error table of the design.
+// Error codes of the API, as in the error table of docs/api.md.
 const (
 	codeInvalidArgument       = "invalid_argument"
 	codeUnauthenticated       = "unauthenticated"

@@ -10,7 +10,7 @@ import (
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 )
 
-// allowedCodes is design.md's error table: the codes each status may carry.
+// allowedCodes is the error table of docs/api.md: the codes each status may carry.
 var allowedCodes = map[uint16][]string{
 	400: {"invalid_argument"},
 	401: {"unauthenticated"},
