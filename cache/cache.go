@@ -93,11 +93,6 @@ type Options struct {
 	// BreakerOpenFor is how long the open circuit skips Redis before it
 	// probes again; it defaults to 5s.
 	BreakerOpenFor time.Duration
-	// CommandTimeout bounds each Redis Cluster command or pipeline, whatever
-	// the client retries inside it (a Cluster client retries a timed-out
-	// command on new connections); it defaults to DefaultCommandTimeout.
-	// Other clients do not retry: their own timeouts bound a command.
-	CommandTimeout time.Duration
 	// Cooldown is the first fleet-wide pause after Polyv's rate-limit
 	// reply, doubled while the probe at its end is refused (at most 5m); it
 	// defaults to 10s.
@@ -138,9 +133,6 @@ const (
 	DefaultBulkShare    = 0.5
 	DefaultCooldown     = budget.DefaultCooldown
 	DefaultDeleteRate   = budget.DefaultDeleteRate
-	// DefaultCommandTimeout is one read timeout of redisconn's (300ms) and
-	// room for a MOVED or ASK redirect, not for a retry on a stalled node.
-	DefaultCommandTimeout = 450 * time.Millisecond
 )
 
 // setDefaults fills every zero setting but LocalSize, whose zero means off.
@@ -162,7 +154,6 @@ func (o *Options) setDefaults() {
 	def(&o.PollInterval, 100*time.Millisecond)
 	def(&o.RefreshBackoff, 30*time.Second)
 	def(&o.BreakerOpenFor, 5*time.Second)
-	def(&o.CommandTimeout, DefaultCommandTimeout)
 	if o.RateLimit == 0 {
 		o.RateLimit = DefaultRateLimit
 	}
@@ -216,7 +207,7 @@ func (o Options) Validate() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"LeaseTTL", o.LeaseTTL}, {"FillTimeout", o.FillTimeout}, {"PollInterval", o.PollInterval}, {"RefreshBackoff", o.RefreshBackoff}, {"BreakerOpenFor", o.BreakerOpenFor}, {"CommandTimeout", o.CommandTimeout}} {
+	}{{"LeaseTTL", o.LeaseTTL}, {"FillTimeout", o.FillTimeout}, {"PollInterval", o.PollInterval}, {"RefreshBackoff", o.RefreshBackoff}, {"BreakerOpenFor", o.BreakerOpenFor}} {
 		check(d.v > 0, d.name, d.v, "must be positive")
 	}
 	return errors.Join(errs...)
@@ -312,11 +303,7 @@ func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
 	// Waiters for another instance's fetch check Redis rarely; when Redis
 	// fails they are told at once, and fetch on their own.
 	c.breaker = newBreaker(opts, c.metrics, c.events.wakeAll)
-	hook := breakerHook{cb: c.breaker, metrics: c.metrics}
-	if _, ok := rdb.(*redis.ClusterClient); ok {
-		hook.bound = opts.CommandTimeout
-	}
-	rdb.AddHook(hook)
+	rdb.AddHook(breakerHook{cb: c.breaker, metrics: c.metrics})
 	c.sched = budget.New(rdb, budget.Options{
 		Prefix: opts.Prefix + keyVersion + ":upstream", Rate: opts.RateLimit, BulkShare: opts.BulkShare,
 		Cooldown: opts.Cooldown, DeleteRate: opts.DeleteRate, Fleet: c.redisUsable, OnCooldown: opts.OnCooldown,
@@ -415,17 +402,9 @@ func (c *Cache) get(ctx context.Context, k Key) (Token, Result, error) {
 		if ctx.Err() != nil {
 			return Token{}, ResultError, ctx.Err()
 		}
-		if isOutage(err) {
-			// Every key of k lives on the node that just failed.
-			ctx = context.WithValue(ctx, redisFailed{}, true)
-		}
 	}
 	return c.fillShared(ctx, k, keys)
 }
-
-// redisFailed marks a miss whose Redis read failed: its fill goes on
-// without Redis rather than wait for the same node again.
-type redisFailed struct{}
 
 // Peek returns k's token if this instance holds it in memory, as Get
 // would serve it, with no Redis or Polyv work and no context: the hit path.

@@ -75,7 +75,7 @@ func (c *Cache) fill(ctx context.Context, k Key, keys redisKeys) (fillResult, er
 		return fillResult{}, &UnavailableError{Reason: budget.ReasonCooldown, RetryAfter: left}
 	}
 	gen := c.localGen(keys.value)
-	if !c.redisUsable() || ctx.Value(redisFailed{}) != nil {
+	if !c.redisUsable() {
 		return c.fillLocal(ctx, k, keys, gen)
 	}
 	owner := randomID()

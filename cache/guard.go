@@ -63,7 +63,6 @@ func isOutage(err error) bool {
 type breakerHook struct {
 	cb      *gobreaker.CircuitBreaker[struct{}]
 	metrics *Metrics
-	bound   time.Duration // each command's time, if not 0; the caller's ctx may end it sooner
 }
 
 var _ redis.Hook = breakerHook{}
@@ -128,19 +127,12 @@ func unguarded(ctx context.Context) context.Context {
 // caller's context was done: the caller's deadline, not Redis, ended it.
 var errCallerGone = errors.New("cache: caller gone")
 
-// guard runs one command or pipeline through the breaker, within h.bound. A
-// command that ran out of h.bound counts as a failure of Redis; one whose
-// caller's ctx ended does not.
+// guard runs one command or pipeline through the breaker. A command whose
+// caller's ctx ended says nothing about Redis.
 func (h breakerHook) guard(ctx context.Context, run func(context.Context) error) error {
 	var cmdErr error
 	_, err := h.cb.Execute(func() (struct{}, error) {
-		bounded := ctx
-		if h.bound > 0 {
-			var cancel context.CancelFunc
-			bounded, cancel = context.WithTimeout(ctx, h.bound)
-			defer cancel()
-		}
-		cmdErr = run(bounded)
+		cmdErr = run(ctx)
 		if cmdErr != nil && callerGone(ctx) {
 			return struct{}{}, errCallerGone
 		}

@@ -220,10 +220,11 @@ func TestRedisRefusingWritesIsCounted(t *testing.T) {
 	}
 }
 
-// A stalled Cluster node (DEBUG SLEEP) costs a miss one bounded wait
-// (CommandTimeout), not the cluster client's redirect-and-retry loop, and
-// counts as a Redis failure toward the breaker. A stalled node that holds a
-// key of the fleet's budget holds the budget's round once more.
+// A stalled Cluster node (DEBUG SLEEP) costs each command of a miss one
+// read timeout, not the cluster client's retry loop (redisconn's
+// oneTimeout), and counts as a Redis failure toward the breaker. A miss asks
+// the identity's node twice (the read, then the lease); a stalled node that
+// holds a key of the fleet's budget holds the budget's round once more.
 func TestClusterStalledNode(t *testing.T) {
 	cluster := redistest.StartCluster(t, 3)
 	addrs := cluster.Options().Addrs
@@ -247,10 +248,10 @@ func TestClusterStalledNode(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		withBudget bool
-		bounds     int // the CommandTimeouts a miss may wait
+		bounds     int // the read timeouts a miss may wait
 	}{
-		{"a node without the budget's keys", false, 1},
-		{"a node with a budget key", true, 2},
+		{"a node without the budget's keys", false, 2}, // the read, then the acquire
+		{"a node with a budget key", true, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var k Key
@@ -263,7 +264,7 @@ func TestClusterStalledNode(t *testing.T) {
 			node := redis.NewClient(&redis.Options{Addr: nodeOf(c.keysOf(k).value), ReadTimeout: 5 * time.Second})
 			defer node.Close()
 			stalled := make(chan error, 1)
-			go func() { stalled <- node.Do(context.Background(), "DEBUG", "SLEEP", "2").Err() }()
+			go func() { stalled <- node.Do(context.Background(), "DEBUG", "SLEEP", "3").Err() }()
 			time.Sleep(100 * time.Millisecond) // DEBUG SLEEP has begun
 			failuresBefore := testutil.ToFloat64(c.metrics.redisErrors)
 			start := time.Now()
@@ -274,9 +275,9 @@ func TestClusterStalledNode(t *testing.T) {
 				t.Errorf("Get() = %v; want the token, fetched without Redis", err)
 			}
 			// Room for a loaded machine: the unbounded retry loop took the
-			// whole stall (2 s here, 4.5 s with a longer one).
-			if limit := time.Duration(tc.bounds)*DefaultCommandTimeout + 500*time.Millisecond; took > limit {
-				t.Errorf("a miss on a stalled node took %v, over %d × %v and a margin", took, tc.bounds, DefaultCommandTimeout)
+			// whole stall (3 s here, 4.5 s with a longer one).
+			if limit := time.Duration(tc.bounds)*redisconn.IOTimeout + time.Second; took > limit {
+				t.Errorf("a miss on a stalled node took %v, over %d × %v and a margin", took, tc.bounds, redisconn.IOTimeout)
 			}
 			if got := testutil.ToFloat64(c.metrics.redisErrors) - failuresBefore; got < 1 {
 				t.Error("the stalled node's timeout was not counted as a Redis failure")

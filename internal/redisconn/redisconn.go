@@ -4,12 +4,15 @@
 package redisconn
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -41,10 +44,12 @@ const (
 	PoolTimeout = 600 * time.Millisecond
 )
 
-// tune applies the defaults to one client's settings. Commands are never
+// tune applies the defaults to one client's settings. Commands are not
 // retried and a failed dial is not tried again, because the circuit breaker
 // and the local fallback handle a sick Redis better than a retry loop; and
-// every command ends by the caller's deadline.
+// every command ends by the caller's deadline. (A Cluster client retries a
+// timed-out command on its own whatever MaxRetries says: oneTimeout stops
+// that.)
 func tune(dial, read, write, pool *time.Duration, maxRetries, dialerRetries *int, contextTimeout *bool) {
 	for _, d := range []struct {
 		p *time.Duration
@@ -92,7 +97,10 @@ func Open(o Options) (redis.UniversalClient, error) {
 			return nil, err
 		}
 		co.MaintNotificationsConfig = noMaint()
-		return redis.NewClusterClient(co), nil
+		c := redis.NewClusterClient(co)
+		c.AddHook(oneTimeout{})
+		c.OnNewNode(func(node *redis.Client) { node.AddHook(oneTimeout{}) })
+		return c, nil
 	case strings.Contains(o.URL, "master_name="):
 		fo, err := redis.ParseFailoverURL(o.URL)
 		if err != nil {
@@ -198,4 +206,59 @@ func RedactURL(u string) string {
 		rest += "?" + strings.Join(params, "&")
 	}
 	return scheme + "://" + rest
+}
+
+// oneTimeout keeps a Cluster command to one attempt once an attempt has
+// timed out: go-redis's ClusterClient retries a timed-out command on new
+// connections up to MaxRedirects times, so a stalled node would hold the
+// caller for seconds. MOVED and ASK redirects, which are no timeouts, still
+// follow. The cluster-level hook gives each command a record of its
+// attempts; the node-level hook, on every attempt, refuses a new one after
+// a timeout with that timeout's error.
+type oneTimeout struct{}
+
+type attemptsKey struct{}
+
+// attempts is one command's record: the timeout that ended an attempt. A
+// pipeline's attempts on several nodes run at once.
+type attempts struct {
+	mu       sync.Mutex
+	timedOut error
+}
+
+func (oneTimeout) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (oneTimeout) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		return oneAttempt(ctx, func(ctx context.Context) error { return next(ctx, cmd) })
+	}
+}
+
+func (oneTimeout) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		return oneAttempt(ctx, func(ctx context.Context) error { return next(ctx, cmds) })
+	}
+}
+
+// oneAttempt runs at the cluster level (no record in ctx yet: it adds one)
+// and again for each node attempt (it checks and fills the record).
+func oneAttempt(ctx context.Context, run func(context.Context) error) error {
+	a, ok := ctx.Value(attemptsKey{}).(*attempts)
+	if !ok {
+		return run(context.WithValue(ctx, attemptsKey{}, &attempts{}))
+	}
+	a.mu.Lock()
+	timedOut := a.timedOut
+	a.mu.Unlock()
+	if timedOut != nil {
+		return timedOut
+	}
+	err := run(ctx)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		a.mu.Lock()
+		a.timedOut = err
+		a.mu.Unlock()
+	}
+	return err
 }
