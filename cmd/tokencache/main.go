@@ -12,7 +12,6 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -38,7 +37,6 @@ import (
 	"github.com/tokencache/tokencache/internal/healthcheck"
 	"github.com/tokencache/tokencache/internal/redisconn"
 	"github.com/tokencache/tokencache/polyv"
-	"github.com/tokencache/tokencache/polyv/polyvsim"
 )
 
 // defaultGCPercent is the server's GOGC unless the environment sets one: its
@@ -65,25 +63,7 @@ const bulkTimeout = 120 * time.Second
 // run starts the server and blocks until ctx ends, then shuts down gracefully.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "healthcheck" {
-		// The admin listener, when set, is where /healthz lives.
-		def := getenv("TOKENCACHE_ADMIN_ADDR")
-		if def == "" {
-			def = getenv("TOKENCACHE_ADDR")
-		}
-		if def == "" {
-			def = ":8080"
-		}
-		fs := flag.NewFlagSet("tokencache healthcheck", flag.ContinueOnError)
-		addr := fs.String("addr", def, "address whose /healthz to probe (env TOKENCACHE_ADMIN_ADDR, else TOKENCACHE_ADDR)")
-		if err := cli.Parse(fs, args[1:], stdout, "usage: tokencache healthcheck [-addr host:port]"); err != nil {
-			return err
-		}
-		// Without an admin listener, /healthz is on the main port, which
-		// serves HTTPS when a certificate is configured.
-		if cert := getenv("TOKENCACHE_TLS_CERT_FILE"); cert != "" && getenv("TOKENCACHE_ADMIN_ADDR") == "" {
-			return healthcheck.ProbeTLS(ctx, "https://"+dialable(*addr)+"/healthz", cert)
-		}
-		return healthcheck.Probe(ctx, "http://"+dialable(*addr)+"/healthz")
+		return healthcheckCmd(ctx, args[1:], getenv, stdout)
 	}
 	cfg, err := loadConfig(args, getenv, stdout)
 	var usageErr *cli.UsageError
@@ -305,54 +285,15 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-// openRedis connects to REDIS_URL; an empty URL, which only -demo allows,
-// starts an embedded miniredis on loopback with a password made up now.
+// openRedis connects to REDIS_URL; without one (only -demo allows that) it
+// starts the demo's embedded Redis.
 func openRedis(cfg Config) (redis.UniversalClient, *miniredis.Miniredis, error) {
-	if cfg.RedisURL != "" {
-		rdb, err := redisconn.Open(redisconn.Options{URL: cfg.RedisURL, Cluster: cfg.RedisCluster,
-			TLSCAFile: cfg.RedisTLSCA, TLSCertFile: cfg.RedisTLSCert, TLSKeyFile: cfg.RedisTLSKey})
-		return rdb, nil, err
+	if cfg.RedisURL == "" {
+		return startEmbeddedRedis()
 	}
-	mr := miniredis.NewMiniRedis()
-	password := randomHex(16)
-	mr.RequireAuth(password)
-	if err := mr.StartAddr("127.0.0.1:0"); err != nil {
-		return nil, nil, fmt.Errorf("start embedded redis: %w", err)
-	}
-	rdb, err := redisconn.Open(redisconn.Options{URL: "redis://:" + password + "@" + mr.Addr()})
-	if err != nil {
-		mr.Close()
-		return nil, nil, err
-	}
-	return rdb, mr, nil
-}
-
-// startDemo starts an in-process Polyv simulator and fills in generated
-// credentials and an API key where the config has none.
-func startDemo(cfg *Config) (stop func(), err error) {
-	if cfg.AppID == "" {
-		cfg.AppID = "demo-app"
-	}
-	if cfg.AppSecret == "" {
-		cfg.AppSecret = polyv.Secret(randomHex(16))
-	}
-	if len(cfg.EncryptionKeys) == 0 {
-		key := make([]byte, 32)
-		_, _ = rand.Read(key)
-		cfg.EncryptionKeys = []cache.EncryptionKey{{ID: "demo", Key: key}}
-	}
-	if cfg.Keys.Len() == 0 && cfg.Auth != "none" {
-		cfg.APIKeys = []string{"demo-" + randomHex(12)}
-		cfg.Keys = httpapi.KeysFromList(cfg.APIKeys)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("demo simulator: %w", err)
-	}
-	sim := &http.Server{Handler: polyvsim.New(polyvsim.Options{AppID: cfg.AppID, AppSecret: cfg.AppSecret.Reveal()}), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = sim.Serve(ln) }()
-	cfg.BaseURL = "http://" + ln.Addr().String()
-	return func() { _ = sim.Close() }, nil
+	rdb, err := redisconn.Open(redisconn.Options{URL: cfg.RedisURL, Cluster: cfg.RedisCluster,
+		TLSCAFile: cfg.RedisTLSCA, TLSCertFile: cfg.RedisTLSCert, TLSKeyFile: cfg.RedisTLSKey})
+	return rdb, nil, err
 }
 
 // keysCheckEvery is how often the keys file is checked for a change, so that
