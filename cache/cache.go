@@ -133,6 +133,13 @@ const (
 	DefaultBulkShare    = 0.5
 	DefaultCooldown     = budget.DefaultCooldown
 	DefaultDeleteRate   = budget.DefaultDeleteRate
+
+	DefaultLeaseTTL        = 3 * time.Second
+	DefaultFillTimeout     = 15 * time.Second
+	DefaultPollInterval    = 100 * time.Millisecond
+	DefaultRefreshBackoff  = 30 * time.Second
+	DefaultBreakerOpenFor  = 5 * time.Second
+	DefaultBreakerFailures = 5
 )
 
 // setDefaults fills every zero setting but LocalSize, whose zero means off.
@@ -149,11 +156,11 @@ func (o *Options) setDefaults() {
 	def(&o.TTL, DefaultTTL)
 	def(&o.RefreshAfter, DefaultRefreshAfter)
 	def(&o.NegativeTTL, DefaultNegativeTTL)
-	def(&o.LeaseTTL, 3*time.Second)
-	def(&o.FillTimeout, 15*time.Second)
-	def(&o.PollInterval, 100*time.Millisecond)
-	def(&o.RefreshBackoff, 30*time.Second)
-	def(&o.BreakerOpenFor, 5*time.Second)
+	def(&o.LeaseTTL, DefaultLeaseTTL)
+	def(&o.FillTimeout, DefaultFillTimeout)
+	def(&o.PollInterval, DefaultPollInterval)
+	def(&o.RefreshBackoff, DefaultRefreshBackoff)
+	def(&o.BreakerOpenFor, DefaultBreakerOpenFor)
 	if o.RateLimit == 0 {
 		o.RateLimit = DefaultRateLimit
 	}
@@ -165,7 +172,7 @@ func (o *Options) setDefaults() {
 		o.DeleteRate = DefaultDeleteRate
 	}
 	if o.BreakerFailures == 0 {
-		o.BreakerFailures = 5
+		o.BreakerFailures = DefaultBreakerFailures
 	}
 	if o.Now == nil {
 		o.Now = time.Now
