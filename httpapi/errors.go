@@ -16,6 +16,7 @@ import (
 const (
 	codeInvalidArgument       = "invalid_argument"
 	codeUnauthenticated       = "unauthenticated"
+	codePermissionDenied      = "permission_denied"
 	codeNotFound              = "not_found"
 	codeMethodNotAllowed      = "method_not_allowed"
 	codeUpstreamRejected      = "upstream_rejected"
@@ -25,6 +26,24 @@ const (
 	codeUpstreamTimeout       = "upstream_timeout"
 	codeInternal              = "internal"
 )
+
+// ErrorTable is the API's error table, the one source of it: the codes each
+// status may carry. Tests hold the Go client's codes, tokenload's checks and
+// the OpenAPI spec's enum to it.
+var ErrorTable = map[int][]string{
+	http.StatusBadRequest:            {codeInvalidArgument},
+	http.StatusUnauthorized:          {codeUnauthenticated},
+	http.StatusForbidden:             {codePermissionDenied},
+	http.StatusNotFound:              {codeNotFound},
+	http.StatusMethodNotAllowed:      {codeMethodNotAllowed},
+	http.StatusRequestEntityTooLarge: {codeInvalidArgument},
+	http.StatusUnsupportedMediaType:  {codeInvalidArgument},
+	http.StatusUnprocessableEntity:   {codeUpstreamRejected},
+	http.StatusInternalServerError:   {codeInternal},
+	http.StatusBadGateway:            {codeUpstreamMisconfigured, codeUpstreamError},
+	http.StatusServiceUnavailable:    {codeUpstreamUnavailable},
+	http.StatusGatewayTimeout:        {codeUpstreamTimeout},
+}
 
 // apiError is the body of every error response.
 type apiError struct {

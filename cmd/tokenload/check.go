@@ -8,18 +8,12 @@ import (
 	"sync"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
+
+	"github.com/tokencache/tokencache/httpapi"
 )
 
-// allowedCodes is the error table of docs/api.md: the codes each status may carry.
-var allowedCodes = map[uint16][]string{
-	400: {"invalid_argument"},
-	401: {"unauthenticated"},
-	413: {"invalid_argument"},
-	422: {"upstream_rejected"},
-	502: {"upstream_misconfigured", "upstream_error"},
-	503: {"upstream_unavailable"},
-	504: {"upstream_timeout"},
-}
+// allowedCodes is the API's error table: the codes each status may carry.
+var allowedCodes = httpapi.ErrorTable
 
 // checker inspects every response: a 200 must carry a non-empty token, an
 // error must match the error table, and, when the Polyv simulator's /issued
@@ -85,7 +79,7 @@ func (c *checker) add(r *vegeta.Result) {
 		ok := json.Unmarshal(r.Body, &b) == nil && b.Error != nil && b.Error.Message != ""
 		if ok {
 			c.errorCodes[strconv.Itoa(int(r.Code))+" "+b.Error.Code]++
-			ok = slices.Contains(allowedCodes[r.Code], b.Error.Code)
+			ok = slices.Contains(allowedCodes[int(r.Code)], b.Error.Code)
 			if r.Code == 503 && r.Headers.Get("Retry-After") == "" {
 				ok = false
 			}
