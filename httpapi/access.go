@@ -16,7 +16,6 @@ import (
 	"github.com/tokencache/tokencache/cache"
 )
 
-
 // requestContext is the echo context with the request's own fields typed,
 // instead of in echo's per-request map, which costs an allocation to make.
 // The observer, outermost, makes it.

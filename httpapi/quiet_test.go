@@ -1,35 +1,21 @@
 package httpapi
 
 import (
-	"bytes"
 	"encoding/json"
 	"log/slog"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tokencache/tokencache/cache"
+	"github.com/tokencache/tokencache/internal/syncbuf"
 )
 
-// lockedBuffer is a log sink safe for concurrent requests.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) lines() []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// jsonLines decodes a JSON log, one object a line.
+func jsonLines(log string) []map[string]any {
 	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(l.b.String()), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(log), "\n") {
 		var m map[string]any
 		if json.Unmarshal([]byte(line), &m) == nil {
 			out = append(out, m)
@@ -41,7 +27,7 @@ func (l *lockedBuffer) lines() []map[string]any {
 // A flood of refused requests (401 here, 503 from an overloaded Polyv)
 // writes a bounded number of log lines, and says how many it left out.
 func TestRefusalFloodLogsBounded(t *testing.T) {
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
 	fc := &fakeCache{get: func(cache.Key) (cache.Token, cache.Result, error) {
 		return cache.Token{}, cache.ResultError, &cache.UnavailableError{Reason: "queue", RetryAfter: time.Second}
@@ -65,7 +51,7 @@ func TestRefusalFloodLogsBounded(t *testing.T) {
 	}
 	written := map[string]int{}    // lines per message and status
 	suppressed := map[string]int{} // by the "suppressed" lines
-	for _, m := range logs.lines() {
+	for _, m := range jsonLines(logs.String()) {
 		status, _ := m["status"].(float64)
 		k := m["msg"].(string) + " " + jsonNumber(status)
 		if m["msg"] == "similar lines suppressed" {

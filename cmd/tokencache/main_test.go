@@ -19,21 +19,12 @@ import (
 	"time"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/internal/syncbuf"
 	"github.com/tokencache/tokencache/polyv/polyvsim"
 )
 
 // syncBuffer is a bytes.Buffer safe to write and read at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+type syncBuffer = syncbuf.Buffer
 
 func envFunc(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
 
