@@ -168,3 +168,11 @@ func TestHelpReadsCleanly(t *testing.T) {
 		t.Errorf("compare with no reports: exit %d (%v), want 2", code, err)
 	}
 }
+
+// Before any batch after the key check has come back, the progress line
+// guesses no rate: one identity in seconds would promise hours.
+func TestWarmProgressGuessesNoRateEarly(t *testing.T) {
+	if got := progressBar(1, 300, 1, 0, 5*time.Second); strings.Contains(got, "left") {
+		t.Errorf("progressBar after the key check alone = %q, want no time left yet", got)
+	}
+}

@@ -176,7 +176,9 @@ func progressBar(done, total, ok, bad int, elapsed time.Duration) string {
 		filled = done * width / total
 	}
 	line := fmt.Sprintf("warm [%s%s] %d/%d ok %d failed %d", strings.Repeat("#", filled), strings.Repeat(".", width-filled), done, total, ok, bad)
-	if perSecond := float64(done) / elapsed.Seconds(); done > 0 && elapsed > 0 {
+	// The first identity goes alone (the key check): the rate means
+	// something once a batch after it has come back.
+	if perSecond := float64(done) / elapsed.Seconds(); done > 1 && elapsed > 0 {
 		left := time.Duration(float64(total-done) / perSecond * float64(time.Second))
 		line += fmt.Sprintf(" %.0f/s left %v", perSecond, left.Round(time.Second))
 	}
