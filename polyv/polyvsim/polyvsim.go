@@ -236,6 +236,9 @@ func (s *Server) handle(endpoint string) http.HandlerFunc {
 			s.fail(w, outcome, 400, "qps exceeds number of calls")
 			return
 		}
+		// The form first: until the body is read, the server cannot see
+		// the caller leave during the latency.
+		formErr := r.ParseForm()
 		if latency > 0 {
 			select {
 			case <-time.After(latency):
@@ -244,7 +247,7 @@ func (s *Server) handle(endpoint string) http.HandlerFunc {
 				return
 			}
 		}
-		if err := r.ParseForm(); err != nil {
+		if formErr != nil {
 			s.fail(w, "param_error", 400, "param validate error")
 			return
 		}

@@ -1,6 +1,7 @@
 package polyvsim
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -163,5 +164,29 @@ func TestBan(t *testing.T) {
 	}
 	if st := s.Stats(); st.Bans != 1 || st.Outcomes["banned"] != 2 {
 		t.Errorf("bans = %d, banned replies = %d; want 1 and 2", st.Bans, st.Outcomes["banned"])
+	}
+}
+
+// A caller that leaves during the simulated latency is noticed at once
+// (counted client_gone), not when the latency is over: the form is read
+// first, so the server sees the connection close.
+func TestCallerLeavingIsNoticed(t *testing.T) {
+	ts := NewTestServer(Options{AppID: "a", AppSecret: "s"})
+	defer ts.Close()
+	ts.Sim.SetLatency(10 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, ts.URL+polyv.ChatTokenPath, strings.NewReader("appId=a&channelId=1"))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatal("the call answered within 100 ms despite 10 s of latency")
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for ts.Sim.Stats().Outcomes["client_gone"] == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the simulator did not notice the caller leave within 3 s of a 10 s latency")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
