@@ -79,28 +79,50 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	routeRedisLog.Do(func() { redis.SetLogger(redisLogger{log}) })
 
-	var cleanup []func()
-	defer func() {
-		for i := len(cleanup) - 1; i >= 0; i-- {
-			cleanup[i]()
-		}
-	}()
-
-	if cfg.Demo {
-		closeSim, err := startDemo(&cfg)
-		if err != nil {
-			return err
-		}
-		cleanup = append(cleanup, closeSim)
-	}
-
-	rdb, embedded, err := openRedis(cfg)
+	a, err := build(ctx, &cfg, log)
+	defer a.close()
 	if err != nil {
 		return err
 	}
-	cleanup = append(cleanup, func() { _ = rdb.Close() })
+	return a.serve(ctx, cfg, log, stdout)
+}
+
+// app is the service built from its configuration, ready to serve.
+type app struct {
+	servers []*http.Server
+	addrs   []string // each server's listen address
+	tls     bool     // the first serves HTTPS
+	cleanup []func() // run in reverse order by close
+}
+
+// close releases what build made, last made first.
+func (a *app) close() {
+	for i := len(a.cleanup) - 1; i >= 0; i-- {
+		a.cleanup[i]()
+	}
+}
+
+// build wires the service: the demo's stand-ins with -demo, Redis, the
+// Polyv client, metrics, the cache, the keys' reloader and the HTTP servers.
+// On an error, what it made so far is in the app, for close.
+func build(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
+	a := &app{}
+
+	if cfg.Demo {
+		closeSim, err := startDemo(cfg)
+		if err != nil {
+			return a, err
+		}
+		a.cleanup = append(a.cleanup, closeSim)
+	}
+
+	rdb, embedded, err := openRedis(*cfg)
+	if err != nil {
+		return a, err
+	}
+	a.cleanup = append(a.cleanup, func() { _ = rdb.Close() })
 	if embedded != nil {
-		cleanup = append(cleanup, embedded.Close)
+		a.cleanup = append(a.cleanup, embedded.Close)
 		log.Warn("-demo: using an embedded in-memory Redis, which suits one instance only; tokens are lost on restart", "embeddedRedis", embedded.Addr())
 	}
 	if cfg.Auth == "none" {
@@ -115,7 +137,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		SignMethod: polyv.SignMethod(cfg.SignMethod), Timeout: cfg.PolyvTimeout,
 	})
 	if err != nil {
-		return err
+		return a, err
 	}
 
 	reg := prometheus.NewRegistry()
@@ -143,12 +165,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	tc, err := cache.New(rdb, client, opts)
 	if err != nil {
-		return err
+		return a, err
 	}
-	cleanup = append(cleanup, func() { _ = tc.Close() })
+	a.cleanup = append(a.cleanup, func() { _ = tc.Close() })
 	if cfg.CheckPolyv {
 		if err := checkPolyv(ctx, client, tc, log); err != nil {
-			return err
+			return a, err
 		}
 	}
 
@@ -157,28 +179,36 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// ExecReload, a script) never takes the service down.
 	reloadCtx, stopReload := context.WithCancel(ctx)
 	done := make(chan struct{})
-	go func() { defer close(done); reloadKeys(reloadCtx, cfg, keys, log) }()
-	cleanup = append(cleanup, func() { stopReload(); <-done })
+	go func() { defer close(done); reloadKeys(reloadCtx, *cfg, keys, log) }()
+	a.cleanup = append(a.cleanup, func() { stopReload(); <-done })
 	apiOpts := httpapi.Options{
 		Cache: tc, Keys: keys, Auditor: auditor, AuthDisabled: cfg.Auth == "none", EmbeddedRedis: embedded != nil, EncryptionOff: len(cfg.EncryptionKeys) == 0,
 		Logger: log, Registry: reg, BulkTimeout: bulkTimeout, AdminElsewhere: cfg.AdminAddr != "", Pprof: cfg.Pprof, AccessLog: cfg.AccessLog,
 	}
 	var tlsConfig *tls.Config
 	if cfg.TLSCertFile != "" {
-		if tlsConfig, err = serverTLS(cfg); err != nil {
-			return err
+		if tlsConfig, err = serverTLS(*cfg); err != nil {
+			return a, err
 		}
 	}
-	servers := []*http.Server{newServer(httpapi.New(apiOpts), tlsConfig, log)}
-	addrs := []string{cfg.Addr}
+	a.servers = []*http.Server{newServer(httpapi.New(apiOpts), tlsConfig, log)}
+	a.addrs = []string{cfg.Addr}
+	a.tls = tlsConfig != nil
 	if cfg.AdminAddr != "" {
-		servers = append(servers, newServer(httpapi.NewAdmin(apiOpts), nil, log))
-		addrs = append(addrs, cfg.AdminAddr)
+		a.servers = append(a.servers, newServer(httpapi.NewAdmin(apiOpts), nil, log))
+		a.addrs = append(a.addrs, cfg.AdminAddr)
 	}
+	return a, nil
+}
+
+// serve listens on every address, serves until ctx ends, then shuts the
+// servers down within the grace period.
+func (a *app) serve(ctx context.Context, cfg Config, log *slog.Logger, stdout io.Writer) error {
 	// Listen on every address before serving any, so that a bind error is
 	// reported at once.
-	listeners := make([]net.Listener, len(addrs))
-	for i, addr := range addrs {
+	listeners := make([]net.Listener, len(a.addrs))
+	for i, addr := range a.addrs {
+		var err error
 		if listeners[i], err = net.Listen("tcp", addr); err != nil {
 			for _, l := range listeners[:i] {
 				_ = l.Close()
@@ -186,8 +216,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return fmt.Errorf("listen on %s: %w", addr, err)
 		}
 	}
-	serveErr := make(chan error, len(servers))
-	for i, srv := range servers {
+	serveErr := make(chan error, len(a.servers))
+	for i, srv := range a.servers {
 		ln := listeners[i]
 		if srv.TLSConfig != nil {
 			ln = tls.NewListener(ln, srv.TLSConfig)
@@ -196,7 +226,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	scheme := "http://"
-	if tlsConfig != nil {
+	if a.tls {
 		scheme = "https://"
 	}
 	url := scheme + dialable(listeners[0].Addr().String())
@@ -223,7 +253,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log.Info("shutting down", "grace", cfg.ShutdownPeriod.String())
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownPeriod)
 	defer cancel()
-	for _, srv := range servers {
+	for _, srv := range a.servers {
 		if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("shutdown: %w", err)
 		}

@@ -5,10 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -110,9 +114,19 @@ func TestWarmStopsCleanly(t *testing.T) {
 	api, _ := startService(t)
 	pool := filepath.Join(t.TempDir(), "pool.jsonl")
 	ctx, cancel := context.WithCancel(context.Background())
-	time.AfterFunc(time.Second, cancel)
+	// Ctrl-C once the key check and two batches are back.
+	target, _ := url.Parse(api)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var bulks atomic.Int64
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proxy.ServeHTTP(w, r)
+		if r.Method == http.MethodPost && bulks.Add(1) == 3 {
+			cancel()
+		}
+	}))
+	defer front.Close()
 	var stdout, stderr bytes.Buffer
-	err := warmCmd(ctx, []string{"-target", api, "-key", "k", "-generate", "100000", "-batch", "100", "-concurrency", "1",
+	err := warmCmd(ctx, []string{"-target", front.URL, "-key", "k", "-generate", "100000", "-batch", "100", "-concurrency", "1",
 		"-out", pool, "-quiet"}, &stdout, &stderr)
 	if err == nil || !strings.Contains(err.Error(), "stopped") {
 		t.Errorf("warm stopped = %v, want it to say it stopped", err)
