@@ -125,43 +125,19 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		enc = vegeta.NewEncoder(f)
 	}
 
-	var simBefore int64
-	if *stats != "" {
-		// A check that cannot run must not look like one that passed.
-		if simBefore, err = simCalls(ctx, *stats); err != nil {
-			return fmt.Errorf("-stats %s: %w", *stats, err)
-		}
-		if _, err := simIssued(ctx, *stats); err != nil {
-			return fmt.Errorf("-stats %s: %w", *stats, err)
-		}
-	}
-	var promBefore *float64
-	scrape := splitTargets(*metricsURLs)
-	if len(scrape) == 0 {
+	counts := upstreamCounts{stats: *stats, metrics: splitTargets(*metricsURLs)}
+	if len(counts.metrics) == 0 {
 		for _, b := range bases {
-			scrape = append(scrape, b+"/metrics")
+			counts.metrics = append(counts.metrics, b+"/metrics")
 		}
 	}
-	if !*direct {
-		var err error
-		if promBefore, err = upstreamFromMetrics(ctx, scrape); err != nil {
-			fmt.Fprintf(stderr, "warning: the report leaves out tokencache's upstream call count: %v; when the metrics are on an admin listener, give its URL with -metrics\n", err)
-		}
+	if err := counts.before(ctx, !*direct, stderr); err != nil {
+		return err
 	}
 
 	var n atomic.Uint64
 	next := func() (identity, string) { return wl.next(), bases[n.Add(1)%uint64(len(bases))] }
-	var targeter vegeta.Targeter = func(t *vegeta.Target) error {
-		id, base := next()
-		q := url.Values{"userId": {id.UserID}, "role": {id.Role}}
-		if id.Origin != "" {
-			q.Set("origin", id.Origin)
-		}
-		t.Method = http.MethodGet
-		t.URL = base + "/v1/channels/" + url.PathEscape(id.ChannelID) + "/chat-token?" + q.Encode()
-		t.Header = http.Header{"Authorization": {"Bearer " + *key}}
-		return nil
-	}
+	targeter := tokenTargeter(next, *key)
 	if *direct {
 		if targeter, err = polyvTargeter(next); err != nil {
 			return err
@@ -214,41 +190,13 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		serverCPU = &perRequest
 	}
 
-	rep := attackReport{
-		Name: *name, Requests: metrics.Requests, Duration: metrics.Duration.Round(time.Millisecond).String(),
-		Throughput: metrics.Throughput, Rate: metrics.Rate, Success: metrics.Success,
-		LatencyP50: metrics.Latencies.P50.String(), LatencyP90: metrics.Latencies.P90.String(),
-		LatencyP99: metrics.Latencies.P99.String(), LatencyMax: metrics.Latencies.Max.String(),
-		LatencyP50Ms: ms(metrics.Latencies.P50), LatencyP99Ms: ms(metrics.Latencies.P99),
-		StatusCodes: metrics.StatusCodes, CacheStatus: chk.cacheStatus, ErrorCodes: chk.errorCodes,
-		Transport: chk.transport, EmptyTokens: chk.empty, OffTable: chk.offTable, OffTableEg: chk.offTableEg,
-		DistinctKeys: len(chk.tokens), ServerCPUPerRequest: serverCPU, Seed: *seed,
-	}
-	rep.MissesNew = wl.fresh.Load()
-	fetched := int64(chk.cacheStatus["fwd=miss; stored"] + chk.cacheStatus["fwd=miss; collapsed"])
-	rep.MissesKnown = max(0, fetched-rep.MissesNew)
+	rep := newReport(*name, *seed, &metrics, chk, wl.fresh.Load())
+	rep.ServerCPUPerRequest = serverCPU
 	for e := range transportEg {
 		rep.TransportEg = append(rep.TransportEg, e)
 	}
-	if *stats != "" {
-		after, err := simCalls(ctx, *stats)
-		if err != nil {
-			return fmt.Errorf("-stats %s after the attack: %w", *stats, err)
-		}
-		n := after - simBefore
-		rep.UpstreamSim = &n
-		issued, err := simIssued(ctx, *stats)
-		if err != nil {
-			return fmt.Errorf("-stats %s after the attack: %w", *stats, err)
-		}
-		wrong, eg := chk.wrongTokens(issued)
-		rep.WrongTokens, rep.WrongEg = &wrong, eg
-	}
-	if promBefore != nil {
-		if after, _ := upstreamFromMetrics(ctx, scrape); after != nil {
-			n := *after - *promBefore
-			rep.UpstreamProm = &n
-		}
+	if err := counts.after(ctx, &rep, chk); err != nil {
+		return err
 	}
 	rep.Failed = failedChecks(rep, *maxErrorRatio)
 	if *asJSON {
@@ -262,6 +210,98 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if len(rep.Failed) > 0 {
 		return fmt.Errorf("checks failed: %s", strings.Join(rep.Failed, "; "))
+	}
+	return nil
+}
+
+// newReport is the report of an attack's results, with freshMisses viewers
+// made up by the run.
+func newReport(name string, seed uint64, m *vegeta.Metrics, chk *checker, freshMisses int64) attackReport {
+	rep := attackReport{
+		Name: name, Requests: m.Requests, Duration: m.Duration.Round(time.Millisecond).String(),
+		Throughput: m.Throughput, Rate: m.Rate, Success: m.Success,
+		LatencyP50: m.Latencies.P50.String(), LatencyP90: m.Latencies.P90.String(),
+		LatencyP99: m.Latencies.P99.String(), LatencyMax: m.Latencies.Max.String(),
+		LatencyP50Ms: ms(m.Latencies.P50), LatencyP99Ms: ms(m.Latencies.P99),
+		StatusCodes: m.StatusCodes, CacheStatus: chk.cacheStatus, ErrorCodes: chk.errorCodes,
+		Transport: chk.transport, EmptyTokens: chk.empty, OffTable: chk.offTable, OffTableEg: chk.offTableEg,
+		DistinctKeys: len(chk.tokens), Seed: seed, MissesNew: freshMisses,
+	}
+	fetched := int64(chk.cacheStatus["fwd=miss; stored"] + chk.cacheStatus["fwd=miss; collapsed"])
+	rep.MissesKnown = max(0, fetched-rep.MissesNew)
+	return rep
+}
+
+// tokenTargeter asks tokencache for the chat token of each identity next
+// gives, at the base URL it gives.
+func tokenTargeter(next func() (identity, string), key string) vegeta.Targeter {
+	return func(t *vegeta.Target) error {
+		id, base := next()
+		q := url.Values{"userId": {id.UserID}, "role": {id.Role}}
+		if id.Origin != "" {
+			q.Set("origin", id.Origin)
+		}
+		t.Method = http.MethodGet
+		t.URL = base + "/v1/channels/" + url.PathEscape(id.ChannelID) + "/chat-token?" + q.Encode()
+		t.Header = http.Header{"Authorization": {"Bearer " + key}}
+		return nil
+	}
+}
+
+// upstreamCounts counts the Polyv calls an attack caused, from the
+// simulator's /stats (and checks every token against its /issued), and from
+// tokencache's own metrics.
+type upstreamCounts struct {
+	stats   string   // the simulator's base URL, or none
+	metrics []string // the instances' /metrics URLs
+
+	simBefore  int64
+	promBefore *float64
+}
+
+// before reads the counts before the attack. A simulator that cannot be
+// read is an error: a check that cannot run must not look like one that
+// passed. Metrics that cannot be read leave that count out, with a warning.
+func (u *upstreamCounts) before(ctx context.Context, readMetrics bool, stderr io.Writer) error {
+	if u.stats != "" {
+		var err error
+		if u.simBefore, err = simCalls(ctx, u.stats); err != nil {
+			return fmt.Errorf("-stats %s: %w", u.stats, err)
+		}
+		if _, err := simIssued(ctx, u.stats); err != nil {
+			return fmt.Errorf("-stats %s: %w", u.stats, err)
+		}
+	}
+	if readMetrics {
+		var err error
+		if u.promBefore, err = upstreamFromMetrics(ctx, u.metrics); err != nil {
+			fmt.Fprintf(stderr, "warning: the report leaves out tokencache's upstream call count: %v; when the metrics are on an admin listener, give its URL with -metrics\n", err)
+		}
+	}
+	return nil
+}
+
+// after puts the attack's counts, and the tokens Polyv never issued, in rep.
+func (u *upstreamCounts) after(ctx context.Context, rep *attackReport, chk *checker) error {
+	if u.stats != "" {
+		after, err := simCalls(ctx, u.stats)
+		if err != nil {
+			return fmt.Errorf("-stats %s after the attack: %w", u.stats, err)
+		}
+		n := after - u.simBefore
+		rep.UpstreamSim = &n
+		issued, err := simIssued(ctx, u.stats)
+		if err != nil {
+			return fmt.Errorf("-stats %s after the attack: %w", u.stats, err)
+		}
+		wrong, eg := chk.wrongTokens(issued)
+		rep.WrongTokens, rep.WrongEg = &wrong, eg
+	}
+	if u.promBefore != nil {
+		if after, _ := upstreamFromMetrics(ctx, u.metrics); after != nil {
+			n := *after - *u.promBefore
+			rep.UpstreamProm = &n
+		}
 	}
 	return nil
 }
