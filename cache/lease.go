@@ -93,8 +93,11 @@ if redis.call('DEL', KEYS[3]) == 1 then redis.call('PUBLISH', ARGV[4], ARGV[5]) 
 return 1`)
 )
 
+// acquireState is what an acquire script found.
+type acquireState int
+
 const (
-	acquireBusy = iota
+	acquireBusy acquireState = iota
 	acquireFound
 	acquireTaken
 	acquireRejected // k's channel is rejected: the entry is that rejection
@@ -104,7 +107,7 @@ const (
 // trusted, or else tries the fill lease; when another holds it, held is how
 // long its lease has left. A value that cannot be trusted counts as absent,
 // and is overwritten by the fetch.
-func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (state int, e entry, held time.Duration, err error) {
+func (c *Cache) acquire(ctx context.Context, keys redisKeys, owner string) (state acquireState, e entry, held time.Duration, err error) {
 	return c.acquireFrom(ctx, keys, owner, acquireScript.Run(ctx, c.rdb, keys.leaseKeys(), c.acquireArgs(owner)...))
 }
 
@@ -118,7 +121,7 @@ func (c *Cache) acquireArgs(owner string) []any {
 // acquireUnlessRejected is acquire, with the remembered rejection of k's
 // channel read in the same round trip: a rejected channel gives
 // acquireRejected, and no lease.
-func (c *Cache) acquireUnlessRejected(ctx context.Context, k Key, keys redisKeys, owner string) (int, entry, time.Duration, error) {
+func (c *Cache) acquireUnlessRejected(ctx context.Context, k Key, keys redisKeys, owner string) (acquireState, entry, time.Duration, error) {
 	rejKey := c.channelRejectionKey(k)
 	gen := c.localGen(rejKey)
 	pipe := c.rdb.Pipeline()
@@ -142,13 +145,14 @@ func (c *Cache) acquireUnlessRejected(ctx context.Context, k Key, keys redisKeys
 
 // acquireFrom reads the reply of an acquire script, taking the lease over a
 // value that cannot be trusted.
-func (c *Cache) acquireFrom(ctx context.Context, keys redisKeys, owner string, cmd *redis.Cmd) (int, entry, time.Duration, error) {
+func (c *Cache) acquireFrom(ctx context.Context, keys redisKeys, owner string, cmd *redis.Cmd) (acquireState, entry, time.Duration, error) {
 	for {
 		res, err := cmd.Slice()
 		if err != nil {
 			return 0, entry{}, 0, err
 		}
-		switch state, _ := res[0].(int64); state {
+		state, _ := res[0].(int64)
+		switch acquireState(state) {
 		case acquireBusy:
 			ms, _ := res[1].(int64)
 			return acquireBusy, entry{}, time.Duration(ms) * time.Millisecond, nil
