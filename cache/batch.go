@@ -14,7 +14,7 @@ import (
 // a batch is a single GET sent at once. go-redis v9.23's AutoPipeliner does
 // the same, but it is marked experimental and holds goroutines of its own.
 type getBatcher struct {
-	rdb     rediser
+	rdb     Redis
 	timeout time.Duration // bounds one batch; each caller also leaves on its own ctx
 
 	mu      sync.Mutex

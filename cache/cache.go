@@ -36,9 +36,10 @@ type Upstream interface {
 
 var _ Upstream = (*polyv.Client)(nil)
 
-// rediser lists the Redis commands the cache runs. redis.UniversalClient has
-// them all, so a single server, Sentinel and Cluster work alike.
-type rediser interface {
+// Redis is what New needs of a Redis client: the commands the cache runs.
+// redis.UniversalClient has them all, so a single server, Sentinel and
+// Cluster work alike.
+type Redis interface {
 	redis.Scripter // the lease scripts and the rate limiter
 	Get(ctx context.Context, key string) *redis.StringCmd
 	Set(ctx context.Context, key string, value any, expiration time.Duration) *redis.StatusCmd
@@ -50,11 +51,11 @@ type rediser interface {
 	AddHook(hook redis.Hook)
 }
 
-var _ rediser = redis.UniversalClient(nil)
+var _ Redis = redis.UniversalClient(nil)
 
 // Cache serves tokens. It is safe for concurrent use; Close it when done.
 type Cache struct {
-	rdb      rediser
+	rdb      Redis
 	upstream Upstream
 	opts     Options
 	metrics  *Metrics
@@ -102,7 +103,7 @@ type Cache struct {
 
 // New returns a Cache on rdb and starts its pub/sub listener. It installs a
 // circuit-breaker hook on rdb, so that a dead Redis fails fast.
-func New(rdb rediser, upstream Upstream, opts Options) (*Cache, error) {
+func New(rdb Redis, upstream Upstream, opts Options) (*Cache, error) {
 	opts.setDefaults()
 	if err := opts.Validate(); err != nil {
 		return nil, err

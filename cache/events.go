@@ -45,7 +45,7 @@ const (
 // start subscribes and dispatches messages until ctx ends. go-redis
 // resubscribes by itself after a connection fails with an error; the
 // listener replaces a connection that went silent.
-func (ev *events) start(ctx context.Context, rdb rediser, bg *sync.WaitGroup) {
+func (ev *events) start(ctx context.Context, rdb Redis, bg *sync.WaitGroup) {
 	ps := rdb.Subscribe(ctx, ev.channel)
 	// Wait briefly for the subscription, so that messages sent right after
 	// New returns are not missed; a dead Redis must not block start-up.
@@ -114,7 +114,7 @@ func (ev *events) listen(ctx context.Context, ps *redis.PubSub) {
 
 // publish tells the fleet that key changed. Failure is tolerated: waiters
 // also poll, and local entries never outlive their token.
-func (ev *events) publish(ctx context.Context, rdb rediser, key string) {
+func (ev *events) publish(ctx context.Context, rdb Redis, key string) {
 	ev.notify(key)
 	_ = rdb.Publish(ctx, ev.channel, ev.message(key)).Err()
 }

@@ -147,7 +147,7 @@ func goneWithin2s(t *testing.T, c *Cache, k Key, deleted string, deletedAt time.
 // subscribeVia is an instance's Redis client whose pub/sub goes through
 // another client.
 type subscribeVia struct {
-	rediser
+	Redis
 	sub redis.UniversalClient
 }
 

@@ -189,7 +189,7 @@ func testOptions(mod func(*Options)) Options {
 	return o
 }
 
-func newCache(tb testing.TB, rdb rediser, up Upstream, opts Options) *Cache {
+func newCache(tb testing.TB, rdb Redis, up Upstream, opts Options) *Cache {
 	tb.Helper()
 	c, err := New(rdb, up, opts)
 	if err != nil {
