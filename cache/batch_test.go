@@ -22,7 +22,7 @@ func (h *tripCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 
 // Concurrent Redis hits share round trips, and each gets its own value.
 func TestConcurrentRedisHitsShareRoundTrips(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	c := newCache(t, rdb, &fakeUpstream{}, testOptions(func(o *Options) { o.LocalSize = 0 }))
 	ctx := context.Background()
 	want := map[int]string{}

@@ -15,7 +15,7 @@ import (
 
 // benchRedis is a real redis-server when there is one, else miniredis.
 func benchRedis(b *testing.B) redis.UniversalClient {
-	rdb, _ := backends()[1].open(b)
+	rdb := realRedis(b)
 	return rdb
 }
 

@@ -44,7 +44,7 @@ func (h failPublish) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 // whose Redis client carries hook, to delete through.
 func heldByAnotherInstance(t *testing.T) (holder *Cache, tok Token, deleterWith func(hook redis.Hook) *Cache) {
 	t.Helper()
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	up := &fakeUpstream{}
 	fleet := newFleet(t, rdb, up, 2, nil)
 	tok, _, err := fleet[1].Get(context.Background(), viewerKey)
@@ -121,7 +121,7 @@ func TestDeleteOutlivesItsCaller(t *testing.T) {
 func TestGetAfterDeleteStartsItsOwnFetch(t *testing.T) {
 	for _, where := range []string{"same instance", "another instance"} {
 		t.Run(where, func(t *testing.T) {
-			rdb, _ := backends()[1].open(t)
+			rdb := realRedis(t)
 			up := &gatedUpstream{gate: make(chan struct{})}
 			fleet := newFleet(t, rdb, up, 2, nil)
 			deleter := fleet[0]
@@ -169,7 +169,7 @@ func TestGetAfterDeleteStartsItsOwnFetch(t *testing.T) {
 func TestValueRestoredAfterDeleteIsNotServed(t *testing.T) {
 	for _, encrypted := range []bool{false, true} {
 		t.Run(fmt.Sprint("encrypted=", encrypted), func(t *testing.T) {
-			rdb, _ := backends()[1].open(t)
+			rdb := realRedis(t)
 			up := &fakeUpstream{}
 			opts := testOptions(func(o *Options) {
 				o.LocalSize = 0 // every read goes to Redis

@@ -16,7 +16,7 @@ import (
 // instance must drop its local cache when it subscribes again, so that 2s
 // after a Delete returns no instance serves the deleted token.
 func TestDeleteReachesAnInstanceWhosePubSubDropped(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	up := &fakeUpstream{}
 	fleet := newFleet(t, rdb, up, 2, nil)
 	a, b := fleet[0], fleet[1]
@@ -185,7 +185,7 @@ func TestWaiterIsWokenByTheStore(t *testing.T) {
 // A miss nobody else waits for sends no pub/sub message: with a fleet of
 // N, each would be read by N instances.
 func TestUncontendedMissPublishesNothing(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	c := newCache(t, rdb, &fakeUpstream{}, testOptions(nil))
 	ctx := context.Background()
 	sub := ownClient(t, rdb).Subscribe(ctx, c.events.channel)
@@ -221,7 +221,7 @@ func TestUncontendedMissPublishesNothing(t *testing.T) {
 // A new subscription wakes every waiter, in case the store's wake-up was
 // published while the old one was down: waiters check the lease rarely.
 func TestNewSubscriptionWakesWaiters(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	c := newCache(t, ownClient(t, rdb), &fakeUpstream{}, testOptions(nil))
 	wake, unregister := c.events.wait("any key")
 	defer unregister()

@@ -197,7 +197,7 @@ func newFleet(tb testing.TB, rdb redis.UniversalClient, up Upstream, n int, opts
 // tried the lease only after another instance had fetched and stored a new
 // token, fetched again.
 func TestLeaseOverAnExpiredValueRechecksIt(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	clk := newClock()
 	up := &fakeUpstream{}
 	opts := testOptions(func(o *Options) { o.Now = clk.Now; o.LocalSize = 0 })
@@ -244,7 +244,7 @@ func (s slowScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 // on the instance that fetched it (with no local cache) or on another, gets
 // that token: Polyv is not called again.
 func TestAskedAgainBeforeTheStoreLands(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	up := &fakeUpstream{}
 	opts := testOptions(func(o *Options) { o.LocalSize = 0 })
 	fleet := newFleet(t, rdb, up, 2, &opts)

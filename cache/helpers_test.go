@@ -170,6 +170,12 @@ func backends() []backend {
 	}
 }
 
+// realRedis returns a client of a redis-server of the test's own.
+func realRedis(tb testing.TB) redis.UniversalClient {
+	tb.Helper()
+	return redistest.Start(tb).Client(tb)
+}
+
 func eachBackend(t *testing.T, run func(t *testing.T, b backend)) {
 	for _, b := range backends() {
 		t.Run(b.name, func(t *testing.T) { run(t, b) })

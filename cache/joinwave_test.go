@@ -32,7 +32,7 @@ func queueViewers(ctx context.Context, fleet []*Cache, caller Caller, n int, onl
 // A teacher joining behind hundreds of queued viewers, on any instance,
 // waits about one emission interval, not for the viewers.
 func TestTeacherSkipsTheViewerQueue(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	const rate = 20
 	fleet := newFleet(t, rdb, &fakeUpstream{}, 3, ptr(testOptions(func(o *Options) { o.RateLimit = rate })))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -56,7 +56,7 @@ func TestTeacherSkipsTheViewerQueue(t *testing.T) {
 // A key flooding every instance leaves another key, asking through one of
 // them, half the fleet's budget.
 func TestKeyFloodLeavesOthersTheirShare(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	const rate = 30
 	fleet := newFleet(t, rdb, &fakeUpstream{}, 3, ptr(testOptions(func(o *Options) { o.RateLimit = rate })))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -99,7 +99,7 @@ func TestCallersWhoLeftCostNothing(t *testing.T) {
 // a call per instance at most: the others wait for the first answer and
 // find the rejection.
 func TestIllegalChannelWaveCostsAFewCalls(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	up := &fakeUpstream{delay: 50 * time.Millisecond}
 	up.setErr(&polyv.APIError{Code: 400, Message: "illegal channel id"})
 	fleet := newFleet(t, rdb, up, 3, ptr(testOptions(func(o *Options) { o.RateLimit = 100 })))

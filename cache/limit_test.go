@@ -91,7 +91,7 @@ func (h *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 // limit of 20/s, each key on copies instances (1 to 3). It returns the Polyv
 // calls made and the Redis commands sent per key.
 func queuedStampede(t *testing.T, copies int) (calls int64, perKey float64) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	const keys = 60
 	up := &fakeUpstream{}
 	opts := testOptions(func(o *Options) { o.RateLimit = 20 })
@@ -201,7 +201,7 @@ func TestCancelledCallerGetsItsContextError(t *testing.T) {
 // Every key the cache writes, the limiter's included, starts with the
 // prefix, so that a Redis ACL scoped to it works.
 func TestEveryKeyUnderThePrefix(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	clk := newClock()
 	up := &fakeUpstream{}
 	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.Prefix = "acl:"; o.Now = clk.Now; o.RefreshBackoff = time.Minute }))

@@ -66,7 +66,7 @@ func TestInvalidationReachesEveryInstance(t *testing.T) {
 }
 
 func TestRefreshInvalidatesOtherInstances(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	clk := newClock()
 	up := &fakeUpstream{}
 	opts := testOptions(func(o *Options) { o.Now = clk.Now })
@@ -88,7 +88,7 @@ func TestRefreshInvalidatesOtherInstances(t *testing.T) {
 // but stores nothing, so no caller after the Delete gets a token minted
 // before it.
 func TestDeleteDuringAFetchDropsItsToken(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	up := &gatedUpstream{gate: make(chan struct{})}
 	fleet := newFleet(t, rdb, up, 2, nil)
 	a, b := fleet[0], fleet[1]
@@ -123,7 +123,7 @@ func TestDeleteDuringAFetchDropsItsToken(t *testing.T) {
 func TestDeleteRacingARedisReadNeverRefillsTheLocalCache(t *testing.T) {
 	for _, path := range []string{"get", "fill"} {
 		t.Run(path, func(t *testing.T) {
-			rdb, _ := backends()[1].open(t)
+			rdb := realRedis(t)
 			up := &fakeUpstream{}
 			fleet := newFleet(t, rdb, up, 2, nil)
 			a, b := fleet[0], fleet[1]

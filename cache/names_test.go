@@ -29,7 +29,7 @@ func loggingTo(buf *logBuffer, keys ...EncryptionKey) func(*Options) {
 // and named in a WARN, and an instance none of whose keys opens the fleet's
 // name key refuses to start rather than name everything differently.
 func TestWrongEncryptionKeyFoundAtStart(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	up := &fakeUpstream{}
 	k9, k1 := encKey("k9", 9), encKey("k1", 1)
 	a := newCache(t, ownClient(t, rdb), up, testOptions(func(o *Options) { o.EncryptionKeys = []EncryptionKey{k9, k1} }))
@@ -106,7 +106,7 @@ func TestEncryptedStartWithoutRedis(t *testing.T) {
 // Turning encryption on one instance at a time: a Delete on either kind of
 // instance reaches the name the other reads.
 func TestDeletesHoldWhileEncryptionIsTurnedOn(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	up := &fakeUpstream{}
 	ctx := context.Background()
 	clear := newCache(t, ownClient(t, rdb), up, testOptions(nil))

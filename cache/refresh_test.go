@@ -69,7 +69,7 @@ func TestRefreshStopsWhenAnotherInstanceRefreshed(t *testing.T) {
 
 // Delete clears everything kept for the identity.
 func TestDeleteClearsEveryKeyOfTheIdentity(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	clk := newClock()
 	up := &fakeUpstream{}
 	opts := testOptions(func(o *Options) { o.Now = clk.Now; o.RefreshBackoff = time.Minute })
@@ -119,7 +119,7 @@ func TestCloseEndsARefreshUnderWay(t *testing.T) {
 // woken when the refresh fails and releases it, and fetches at once: it does
 // not sleep until the lease would have lapsed.
 func TestFailedRefreshWakesTheWaiters(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	clk := newClock()
 	up := &gatedUpstream{gate: make(chan struct{})}
 	opts := testOptions(func(o *Options) { o.Now = clk.Now; o.LeaseTTL = 20 * time.Second })
@@ -150,7 +150,7 @@ func TestFailedRefreshWakesTheWaiters(t *testing.T) {
 // A Delete that lands while a refresh is fetching drops the refreshed token
 // too: no instance serves a token minted before the Delete.
 func TestDeleteDuringARefreshDropsItsToken(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	clk := newClock()
 	up := &gatedUpstream{gate: make(chan struct{})}
 	opts := testOptions(func(o *Options) { o.Now = clk.Now })

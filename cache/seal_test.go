@@ -28,7 +28,7 @@ func dump(t *testing.T, rdb redis.UniversalClient) string {
 }
 
 func TestNothingInClearWithEncryption(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	up := &fakeUpstream{}
 	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.EncryptionKeys = []EncryptionKey{encKey("k1", 1)} }))
 	ctx := context.Background()
@@ -88,7 +88,7 @@ func TestSealedValueOpensOnlyUnderItsKey(t *testing.T) {
 // nothing but what the deletes drop, and no deleted token is served, even
 // the tokens nobody reads until the old key is gone.
 func TestKeyRotationAcrossInstances(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	up := &fakeUpstream{}
 	k1, k2 := encKey("k1", 1), encKey("k2", 2)
 	instance := func(keys ...EncryptionKey) *Cache {

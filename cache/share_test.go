@@ -18,7 +18,7 @@ import (
 // Sequential singles alone wait one emission interval each at a saturated
 // limit; getting half the slots, they wait at most one interval longer.
 func TestBulkLeavesRoomForSingles(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	up := &fakeUpstream{}
 	const limit = 20
 	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.RateLimit = limit; o.FillTimeout = 30 * time.Second }))
@@ -71,7 +71,7 @@ func TestBulkLeavesRoomForSingles(t *testing.T) {
 
 // A caller's own rate caps the Polyv calls its requests cause.
 func TestCallerRateCapsItsFetches(t *testing.T) {
-	rdb, _ := backends()[1].open(t)
+	rdb := realRedis(t)
 	up := &fakeUpstream{}
 	c := newCache(t, rdb, up, testOptions(func(o *Options) { o.RateLimit = 1000 }))
 	ctx, cancel := context.WithTimeout(WithCaller(context.Background(), Caller{Name: "capped", Rate: 5}), time.Second)
