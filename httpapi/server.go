@@ -38,6 +38,12 @@ var _ TokenCache = (*cache.Cache)(nil)
 //go:embed openapi.yaml
 var OpenAPISpec []byte
 
+// The defaults of Options' timeouts, for callers that restate them.
+const (
+	DefaultRequestTimeout = 10 * time.Second
+	DefaultBulkTimeout    = 120 * time.Second
+)
+
 // Options configures the API. Zero fields take the defaults noted.
 type Options struct {
 	Cache TokenCache // required
@@ -60,10 +66,11 @@ type Options struct {
 	// Registry receives the API's metrics and is served at /metrics; it
 	// defaults to a new registry.
 	Registry *prometheus.Registry
-	// RequestTimeout bounds a single-token request; it defaults to 10s.
+	// RequestTimeout bounds a single-token request; it defaults to
+	// DefaultRequestTimeout.
 	RequestTimeout time.Duration
 	// BulkTimeout bounds a bulk request, which waits its turn at the rate
-	// limit; it defaults to 120s.
+	// limit; it defaults to DefaultBulkTimeout.
 	BulkTimeout time.Duration
 	// BulkConcurrency bounds the items of one bulk request in flight; it
 	// defaults to 16.
@@ -96,10 +103,10 @@ func withDefaults(opts Options) Options {
 		opts.Registry = prometheus.NewRegistry()
 	}
 	if opts.RequestTimeout <= 0 {
-		opts.RequestTimeout = 10 * time.Second
+		opts.RequestTimeout = DefaultRequestTimeout
 	}
 	if opts.BulkTimeout <= 0 {
-		opts.BulkTimeout = 120 * time.Second
+		opts.BulkTimeout = DefaultBulkTimeout
 	}
 	if opts.BulkConcurrency <= 0 {
 		opts.BulkConcurrency = 16

@@ -58,7 +58,7 @@ func main() {
 }
 
 // bulkTimeout bounds a bulk request; the server's write timeout leaves room for it.
-const bulkTimeout = 120 * time.Second
+const bulkTimeout = httpapi.DefaultBulkTimeout
 
 // run starts the server and blocks until ctx ends, then shuts down gracefully.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
