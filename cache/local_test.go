@@ -110,7 +110,7 @@ func TestDeleteDuringAFetchDropsItsToken(t *testing.T) {
 	if err := <-fetched; err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond) // the store, if any, has landed
+	settle(a) // the store, if any, has landed
 	for name, c := range map[string]*Cache{"a": a, "b": b} {
 		if tok, res, _ := c.Get(ctx, viewerKey); tok.Token == inFlight.Token {
 			t.Errorf("%s.Get() after the Delete = the token fetched before it (%v)", name, res)
