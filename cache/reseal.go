@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"sort"
@@ -126,7 +127,7 @@ func (c *Cache) resealBatch(ctx context.Context, node redis.UniversalClient, nam
 	}
 }
 
-func isSealed(b []byte) bool { return strings.HasPrefix(string(b), string(sealedMagic)) }
+func isSealed(b []byte) bool { return bytes.HasPrefix(b, sealedMagic) }
 
 // eachNode runs fn on every master of a Cluster, or on the one server.
 func (c *Cache) eachNode(ctx context.Context, fn func(context.Context, redis.UniversalClient) error) error {

@@ -531,15 +531,19 @@ func scrapeMetrics(ctx context.Context, u string) (map[string]*dto.MetricFamily,
 	return families, nil
 }
 
-// gaugeAt reads one unlabelled gauge from a /metrics URL.
-func gaugeAt(ctx context.Context, u, name string) (float64, error) {
+// gaugesAt reads unlabelled gauges from one scrape of a /metrics URL.
+func gaugesAt(ctx context.Context, u string, names ...string) ([]float64, error) {
 	families, err := scrapeMetrics(ctx, u)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	f := families[name]
-	if f == nil || len(f.GetMetric()) == 0 {
-		return 0, fmt.Errorf("%s has no %s", u, name)
+	values := make([]float64, len(names))
+	for i, name := range names {
+		f := families[name]
+		if f == nil || len(f.GetMetric()) == 0 {
+			return nil, fmt.Errorf("%s has no %s", u, name)
+		}
+		values[i] = f.GetMetric()[0].GetGauge().GetValue()
 	}
-	return f.GetMetric()[0].GetGauge().GetValue(), nil
+	return values, nil
 }

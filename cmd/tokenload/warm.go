@@ -188,13 +188,16 @@ func progressBar(done, total, ok, bad int, elapsed time.Duration) string {
 // estimate says how long fetching n tokens takes at the server's bulk
 // rate, read from its metrics (the Polyv rate limit × the bulk share).
 func estimate(ctx context.Context, metricsURL string, n int) string {
-	rate, err := gaugeAt(ctx, metricsURL, "tokencache_polyv_rate_limit")
-	share, shareErr := gaugeAt(ctx, metricsURL, "tokencache_polyv_bulk_share")
-	if err != nil || shareErr != nil || rate*share <= 0 {
+	g, err := gaugesAt(ctx, metricsURL, "tokencache_polyv_rate_limit", "tokencache_polyv_bulk_share")
+	if err == nil && g[0]*g[1] <= 0 {
+		err = fmt.Errorf("%s reports no Polyv rate for bulk", metricsURL)
+	}
+	if err != nil {
 		// The server's defaults: 100/s, half of it for bulk.
 		return fmt.Sprintf("cannot read the server's Polyv rate (%v); at the defaults (50/s for bulk) %d tokens take about %v; give -metrics when the metrics are on an admin listener",
-			errors.Join(err, shareErr), n, (time.Duration(n) * time.Second / 50).Round(time.Second))
+			err, n, (time.Duration(n) * time.Second / 50).Round(time.Second))
 	}
+	rate, share := g[0], g[1]
 	perSecond := rate * share
 	took := time.Duration(float64(n) / perSecond * float64(time.Second))
 	return fmt.Sprintf("%d tokens at the server's bulk rate (%.0f/s: POLYV_RATE_LIMIT %.0f × TOKENCACHE_BULK_SHARE %.2g) take about %v, less for tokens already cached",
