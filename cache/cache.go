@@ -88,6 +88,9 @@ type Cache struct {
 	// afterUntrustedRead, when set by a test, runs between reading a value
 	// that cannot be used and trying the lease over it.
 	afterUntrustedRead func()
+	// afterFill, when set by a test, runs when a shared fill has ended,
+	// before its callers hear how.
+	afterFill func(key string, err error)
 
 	life context.Context // ends at Close; background work runs under it
 	stop context.CancelFunc

@@ -39,6 +39,12 @@ func (c *Cache) fillShared(ctx context.Context, k Key, keys redisKeys) (Token, R
 		if errors.Is(r.Err, errAbandoned) {
 			continue // joined a fill its callers had just left: start another
 		}
+		var refused *UnavailableError
+		if !*leader && errors.As(r.Err, &refused) && refused.Reason == budget.ReasonQueue {
+			// The queue refused the deadlines of the callers it knew; this
+			// one may have joined just then, with more time: ask for it.
+			continue
+		}
 		if r.Err != nil {
 			return Token{}, ResultError, r.Err
 		}

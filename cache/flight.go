@@ -83,6 +83,9 @@ func (fs *flights) join(ctx context.Context, c *Cache, k Key, keys redisKeys) (f
 		if err != nil && context.Cause(f.ctx) == errAbandoned {
 			err = errAbandoned
 		}
+		if c.afterFill != nil {
+			c.afterFill(keys.value, err)
+		}
 		return v, err
 	})
 	return f, ch, leader

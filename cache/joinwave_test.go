@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -259,4 +260,49 @@ func TestPolyvCooldownFleetWide(t *testing.T) {
 			t.Errorf("Get() once the probe was answered = %v", err)
 		}
 	})
+}
+
+// A caller that joins a fill just as the queue refuses it for its earlier
+// callers' short deadlines is not refused with them: it has more time, and
+// asks again with it.
+func TestJoinerOfARefusedFillAsksAgain(t *testing.T) {
+	rdb, _ := backends()[0].open(t)
+	c := newCache(t, rdb, &fakeUpstream{}, testOptions(func(o *Options) { o.RateLimit = 10 }))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	k := Key{ChannelID: "wave", UserID: "joiner", Role: "viewer"}
+	joined := make(chan error, 1)
+	var once sync.Once
+	c.afterFill = func(key string, err error) {
+		var u *UnavailableError
+		if key != c.keysOf(k).value || !errors.As(err, &u) {
+			return
+		}
+		once.Do(func() {
+			// The short caller's fill was refused; a patient caller joins
+			// it before its callers hear.
+			go func() {
+				pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
+				defer pcancel()
+				_, _, err := c.Get(WithCaller(pctx, Caller{Name: "web"}), k)
+				joined <- err
+			}()
+			eventually(t, "the patient caller to join the fill", func() bool {
+				c.flights.mu.Lock()
+				defer c.flights.mu.Unlock()
+				f := c.flights.m[c.keysOf(k).value]
+				return f != nil && f.callers == 2
+			})
+		})
+	}
+	queueViewers(ctx, []*Cache{c}, Caller{Name: "web"}, 20, nil, nil) // ~2 s of fetches ahead
+	time.Sleep(200 * time.Millisecond)
+	sctx, scancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer scancel()
+	if _, _, err := c.Get(WithCaller(sctx, Caller{Name: "web"}), k); err == nil {
+		t.Fatal("the short caller got a token with ~2 s of fetches ahead of it")
+	}
+	if err := <-joined; err != nil {
+		t.Errorf("the patient caller = %v, want a token: it had 10 s", err)
+	}
 }
