@@ -84,10 +84,12 @@ func (f *fakeUpstream) callsSince(n int) []string {
 // go, closing the gate lets all), then answers as fakeUpstream.
 type gatedUpstream struct {
 	fakeUpstream
-	gate chan struct{}
+	gate    chan struct{}
+	arrived atomic.Int64 // calls that reached the gate
 }
 
 func (u *gatedUpstream) ChatToken(ctx context.Context, req polyv.ChatTokenRequest) (polyv.ChatToken, error) {
+	u.arrived.Add(1)
 	select {
 	case <-u.gate:
 	case <-ctx.Done():
@@ -272,9 +274,6 @@ func ownClient(tb testing.TB, rdb redis.UniversalClient) redis.UniversalClient {
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
 }
-
-// fillQueuedOrCalling reports whether a fill of k runs on c.
-func (c *Cache) fillQueuedOrCalling(k Key) bool { return c.fillCallers(k) > 0 }
 
 // fillCallers counts the callers waiting on c's fill of k.
 func (c *Cache) fillCallers(k Key) int {

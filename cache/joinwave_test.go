@@ -287,12 +287,7 @@ func TestJoinerOfARefusedFillAsksAgain(t *testing.T) {
 				_, _, err := c.Get(WithCaller(pctx, Caller{Name: "web"}), k)
 				joined <- err
 			}()
-			eventually(t, "the patient caller to join the fill", func() bool {
-				c.flights.mu.Lock()
-				defer c.flights.mu.Unlock()
-				f := c.flights.m[c.keysOf(k).value]
-				return f != nil && f.callers == 2
-			})
+			eventually(t, "the patient caller to join the fill", func() bool { return c.fillCallers(k) == 2 })
 		})
 	}
 	queueViewers(ctx, []*Cache{c}, Caller{Name: "web"}, 20, nil, nil) // ~2 s of fetches ahead
