@@ -62,9 +62,11 @@ func (q *capQueue) wait(ctx context.Context, s *Scheduler, deadline time.Time) e
 	start := !q.polling
 	q.polling = true
 	q.mu.Unlock()
-	if start {
-		s.bg.Add(1)
-		go q.poll(s)
+	if start && !s.spawn(func() { q.poll(s) }) {
+		q.mu.Lock()
+		q.waiting.Remove(el)
+		q.mu.Unlock()
+		return ErrClosed
 	}
 	select {
 	case err := <-done:

@@ -44,7 +44,8 @@ type Scheduler struct {
 
 	life context.Context
 	stop context.CancelFunc
-	bg   sync.WaitGroup
+	bg   sync.WaitGroup // the pollers
+	bgMu sync.Mutex     // orders starting a poller against Close
 
 	mu      sync.Mutex
 	hosts   list.List   // of *waiter, first come first served
@@ -85,8 +86,23 @@ func New(rdb Redis, opts Options) *Scheduler {
 
 // Close fails every queued fetch with ErrClosed and waits for the pollers.
 func (s *Scheduler) Close() {
+	s.bgMu.Lock()
 	s.stop()
+	s.bgMu.Unlock()
 	s.bg.Wait()
+}
+
+// spawn starts poll, which calls s.bg.Done when it returns, unless Close has
+// begun: a poller added while Close waits would misuse the WaitGroup.
+func (s *Scheduler) spawn(poll func()) bool {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.life.Err() != nil {
+		return false
+	}
+	s.bg.Add(1)
+	go poll()
+	return true
 }
 
 // Interval is the fleet-wide emission interval: one slot per Interval.
@@ -149,10 +165,10 @@ func (s *Scheduler) waitTurn(ctx context.Context, r Request) error {
 	s.polling = true
 	s.updateGaugesLocked()
 	s.mu.Unlock()
-	if start {
-		s.bg.Add(1)
-		go s.poll()
-	} else if w.host {
+	if start && !s.spawn(s.poll) {
+		s.leave(w)
+		return ErrClosed
+	} else if !start && w.host {
 		select {
 		case s.kick <- struct{}{}:
 		default:

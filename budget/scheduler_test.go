@@ -3,6 +3,7 @@ package budget
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -156,4 +157,31 @@ func TestBudgetFullyUsedWhileFetchesWait(t *testing.T) {
 			t.Errorf("%.1f slots a second while hundreds waited, want at least 90%% of %d", perSecond, rate)
 		}
 	})
+}
+
+// Close racing the first waits, which start the pollers: every wait ends
+// (granted, or ErrClosed), Close returns, and the race detector finds no
+// WaitGroup misuse (a poller added while Close waits).
+func TestCloseRacesTheFirstWait(t *testing.T) {
+	client := backends()[0].open(t)
+	for range 200 {
+		s := New(client(t), Options{Prefix: "t:upstream", Rate: 1})
+		var wg sync.WaitGroup
+		for _, r := range []Request{{Key: "a"}, {Key: "b", Rate: 1}, {Key: "c", Bulk: true}} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				if err := s.Wait(ctx, r); err != nil && !errors.Is(err, ErrClosed) {
+					var u *UnavailableError
+					if !errors.As(err, &u) {
+						t.Errorf("Wait() = %v, want a slot, ErrClosed or a refusal", err)
+					}
+				}
+			}()
+		}
+		s.Close()
+		wg.Wait()
+	}
 }
