@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tokencache/tokencache/budget"
+	"github.com/tokencache/tokencache/internal/seal"
 	"github.com/tokencache/tokencache/polyv"
 )
 
@@ -61,7 +62,7 @@ type Cache struct {
 	metrics  *Metrics
 	id       string // tells this instance's pub/sub messages from others'
 
-	sealer      *sealer                     // nil when encryption is off
+	sealer      *seal.Sealer                // nil when encryption is off
 	gets        *getBatcher                 // the hit path's GETs, pipelined
 	local       *otter.Cache[string, entry] // nil when off
 	localGens   generations
@@ -124,9 +125,11 @@ func New(rdb Redis, upstream Upstream, opts Options) (*Cache, error) {
 		id:       randomID(),
 		log:      opts.Logger,
 	}
-	var err error
-	if c.sealer, err = newSealer(opts.EncryptionKeys); err != nil {
-		return nil, err
+	if len(opts.EncryptionKeys) > 0 {
+		var err error
+		if c.sealer, err = seal.New(opts.EncryptionKeys); err != nil {
+			return nil, fmt.Errorf("cache: %w", err)
+		}
 	}
 	if opts.LocalSize > 0 {
 		// otter: reads take no lock, unlike an LRU, which reorders its list on every hit.
@@ -160,7 +163,7 @@ func New(rdb Redis, upstream Upstream, opts Options) (*Cache, error) {
 	if c.sealer == nil {
 		close(c.resealed)
 	} else {
-		for _, same := range c.sealer.sameBytes {
+		for _, same := range c.sealer.SameBytes() {
 			c.log.Warn("two encryption key ids hold the same key: give each id its own key", "key", same)
 		}
 		if err := c.startNames(); err != nil {

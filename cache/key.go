@@ -120,7 +120,7 @@ func (c *Cache) keysOf(k Key) redisKeys {
 		return k.redisKeys(c.opts.Prefix)
 	}
 	var buf [128]byte
-	return redisKeysOf(c.opts.Prefix, n.identity(k.appendIdentity(buf[:0])))
+	return redisKeysOf(c.opts.Prefix, n.Hide(k.appendIdentity(buf[:0])))
 }
 
 // channelRejectionKey is the key of a Polyv rejection of k's whole channel.

@@ -3,6 +3,8 @@ package cache
 import (
 	"strings"
 	"testing"
+
+	"github.com/tokencache/tokencache/internal/seal"
 )
 
 func TestKeyEncoding(t *testing.T) {
@@ -103,11 +105,11 @@ func TestKeyNamesStable(t *testing.T) {
 
 func newSealedCacheForKeys(t *testing.T) *Cache {
 	t.Helper()
-	s, err := newSealer([]EncryptionKey{encKey("k1", 1)})
+	s, err := seal.New([]EncryptionKey{encKey("k1", 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &Cache{sealer: s, opts: Options{Prefix: "tc:"}}
-	c.names.Store(newNamer(s.firstNameKey, true))
+	c.names.Store(newNamer(s.DerivedSecret(), true))
 	return c
 }

@@ -3,19 +3,15 @@ package cache
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"hash"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tokencache/tokencache/internal/seal"
 )
 
 // With encryption on, key names hide identities behind an HMAC keyed by the
@@ -26,31 +22,17 @@ import (
 // encryption keys do: a rotation rolled one instance at a time renames
 // nothing, and a Delete on any instance reaches the name every other reads.
 
-// namer hides identities in key names.
+// namer hides identities in key names under one name key.
 type namer struct {
+	*seal.Namer
 	secret []byte
-	macs   sync.Pool // of hash.Hash keyed by secret, reused
 	// fleet is false for a stand-in used until Redis gives the fleet's
 	// name key: nothing is read from or written to Redis under it.
 	fleet bool
 }
 
 func newNamer(secret []byte, fleet bool) *namer {
-	n := &namer{secret: secret, fleet: fleet}
-	n.macs.New = func() any { return hmac.New(sha256.New, secret) }
-	return n
-}
-
-// identity hides a key identity behind a keyed hash: still one name per
-// identity, but no user id in clear. It reuses id's storage.
-func (n *namer) identity(id []byte) []byte {
-	m := n.macs.Get().(hash.Hash)
-	m.Reset()
-	m.Write(id)
-	var sum [sha256.Size]byte
-	hidden := base64.RawURLEncoding.AppendEncode(id[:0], m.Sum(sum[:0]))
-	n.macs.Put(m)
-	return hidden
+	return &namer{Namer: seal.NewNamer(secret), secret: secret, fleet: fleet}
 }
 
 // nameKeyScript stores ARGV (key id, sealed secret, ...) as the name key
@@ -89,10 +71,10 @@ func (c *Cache) nameKeyKey() string { return c.opts.Prefix + keyVersion + ":name
 // *NameKeyError when no configured key opens it.
 func (c *Cache) loadNames(ctx context.Context) error {
 	key := c.nameKeyKey()
-	fresh := c.sealer.firstNameKey
+	fresh := c.sealer.DerivedSecret()
 	var args []any
-	for _, id := range c.sealer.ids {
-		args = append(args, id, c.sealer.sealWith(id, key, fresh))
+	for _, id := range c.sealer.IDs() {
+		args = append(args, id, c.sealer.SealWith(id, key, fresh))
 	}
 	reply, err := nameKeyScript.Run(ctx, c.rdb, []string{key}, args...).StringSlice()
 	if err != nil {
@@ -103,10 +85,10 @@ func (c *Cache) loadNames(ctx context.Context) error {
 	for i := 0; i+1 < len(reply); i += 2 {
 		id := reply[i]
 		inRedis = append(inRedis, id)
-		if !slices.Contains(c.sealer.ids, id) {
+		if !slices.Contains(c.sealer.IDs(), id) {
 			continue
 		}
-		plain, _, err := c.sealer.openBy(key, []byte(reply[i+1]))
+		plain, _, err := c.sealer.OpenBy(key, []byte(reply[i+1]))
 		if err != nil || (secret != nil && !bytes.Equal(plain, secret)) {
 			mismatch = append(mismatch, id)
 			continue
@@ -114,16 +96,16 @@ func (c *Cache) loadNames(ctx context.Context) error {
 		secret = plain
 	}
 	if secret == nil {
-		return &NameKeyError{Key: key, Ours: c.sealer.ids, InRedis: inRedis, Mismatch: mismatch}
+		return &NameKeyError{Key: key, Ours: c.sealer.IDs(), InRedis: inRedis, Mismatch: mismatch}
 	}
 	for _, id := range mismatch {
 		c.metrics.unopenable.Inc()
 		c.warnOnce("mismatch "+id, fmt.Sprintf("encryption key %q differs from the fleet's key of that id: values it sealed elsewhere do not open here and are fetched again; give every instance the same keys", id))
 	}
 	pipe := c.rdb.Pipeline()
-	for _, id := range c.sealer.ids {
+	for _, id := range c.sealer.IDs() {
 		if !slices.Contains(inRedis, id) {
-			pipe.HSetNX(ctx, key, id, c.sealer.sealWith(id, key, secret))
+			pipe.HSetNX(ctx, key, id, c.sealer.SealWith(id, key, secret))
 		}
 	}
 	if pipe.Len() > 0 {

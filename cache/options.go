@@ -8,8 +8,13 @@ import (
 	"time"
 
 	"github.com/tokencache/tokencache/budget"
+	"github.com/tokencache/tokencache/internal/seal"
 	"github.com/tokencache/tokencache/polyv"
 )
+
+// EncryptionKey is one AES-256 key (32 bytes) with the id stored beside what
+// it seals; ids are non-empty, without ':', and unique.
+type EncryptionKey = seal.Key
 
 // Options configures a Cache. Zero fields take the defaults noted.
 type Options struct {

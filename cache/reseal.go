@@ -1,13 +1,13 @@
 package cache
 
 import (
-	"bytes"
 	"context"
 	"slices"
 	"sort"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tokencache/tokencache/internal/seal"
 )
 
 // At start, with encryption on, an instance passes over the values in
@@ -49,7 +49,7 @@ func (c *Cache) startReseal() {
 func (c *Cache) reseal(ctx context.Context) {
 	p := resealPass{foreignIDs: map[string]bool{}}
 	limit := resealSample
-	if len(c.sealer.ids) > 1 {
+	if len(c.sealer.IDs()) > 1 {
 		limit = -1 // every value
 	}
 	match := c.opts.Prefix + keyVersion + ":{*}:t:*"
@@ -73,7 +73,7 @@ func (c *Cache) reseal(ctx context.Context) {
 		c.log.Warn("the pass over stored values stopped early", "error", redisFailure(err), "seen", p.seen, "resealed", p.resealed)
 	}
 	if p.resealed > 0 {
-		c.log.Info("stored values sealed again with the sealing key", "key", c.sealer.sealID, "resealed", p.resealed, "seen", p.seen)
+		c.log.Info("stored values sealed again with the sealing key", "key", c.sealer.SealingID(), "resealed", p.resealed, "seen", p.seen)
 	}
 	if p.unopenable > 0 {
 		ids := make([]string, 0, len(p.foreignIDs))
@@ -82,7 +82,7 @@ func (c *Cache) reseal(ctx context.Context) {
 		}
 		sort.Strings(ids)
 		c.log.Warn("stored values open with no configured encryption key: a key is missing or wrong; those tokens are fetched from Polyv again when asked for",
-			"unopenable", p.unopenable, "seen", p.seen, "sealedUnder", strings.Join(ids, ","), "configured", strings.Join(c.sealer.ids, ","))
+			"unopenable", p.unopenable, "seen", p.seen, "sealedUnder", strings.Join(ids, ","), "configured", strings.Join(c.sealer.IDs(), ","))
 	}
 }
 
@@ -100,19 +100,19 @@ func (c *Cache) resealBatch(ctx context.Context, node redis.UniversalClient, nam
 	writes := node.Pipeline()
 	for i, name := range names {
 		raw, err := gets[i].Bytes()
-		if err != nil || !isSealed(raw) {
+		if err != nil || !seal.IsSealed(raw) {
 			continue // gone, or a clear value of an instance without encryption
 		}
 		p.seen++
-		plain, id, err := c.sealer.openBy(name, raw)
+		plain, id, err := c.sealer.OpenBy(name, raw)
 		if err != nil {
 			p.unopenable++
 			p.foreignIDs[id] = true
 			c.metrics.unopenable.Inc()
 			continue
 		}
-		if id != c.sealer.sealID && slices.Contains(c.sealer.ids, id) {
-			resealScript.Eval(ctx, writes, []string{name}, raw, c.sealer.seal(name, plain)) // in a pipeline, Run could not load it
+		if id != c.sealer.SealingID() && slices.Contains(c.sealer.IDs(), id) {
+			resealScript.Eval(ctx, writes, []string{name}, raw, c.sealer.Seal(name, plain)) // in a pipeline, Run could not load it
 		}
 	}
 	if writes.Len() == 0 {
@@ -126,8 +126,6 @@ func (c *Cache) resealBatch(ctx context.Context, node redis.UniversalClient, nam
 		}
 	}
 }
-
-func isSealed(b []byte) bool { return bytes.HasPrefix(b, sealedMagic) }
 
 // eachNode runs fn on every master of a Cluster, or on the one server.
 func (c *Cache) eachNode(ctx context.Context, fn func(context.Context, redis.UniversalClient) error) error {

@@ -124,7 +124,7 @@ func decodeEntry(b []byte) (e entry, ok bool) {
 func (c *Cache) encode(redisKey string, e entry) []byte {
 	b := e.encode()
 	if c.sealer != nil {
-		b = c.sealer.seal(redisKey, b)
+		b = c.sealer.Seal(redisKey, b)
 	}
 	return b
 }
@@ -133,7 +133,7 @@ func (c *Cache) encode(redisKey string, e entry) []byte {
 // not found, so that it is fetched again and overwritten.
 func (c *Cache) decode(redisKey string, b []byte) (entry, bool) {
 	if c.sealer != nil {
-		plain, err := c.sealer.open(redisKey, b)
+		plain, err := c.sealer.Open(redisKey, b)
 		if err != nil {
 			c.metrics.unopenable.Inc()
 			return entry{}, false
