@@ -119,6 +119,13 @@ func (s *Scheduler) Drain() time.Duration {
 	return time.Duration(s.queuedLocked()) * s.paceLocked()
 }
 
+// Queued counts the fetches waiting on this instance.
+func (s *Scheduler) Queued() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.queuedLocked()
+}
+
 // Wait waits for a slot to call Polyv for r: of r's key's own rate, of the
 // bulk share for a bulk item, and of the fleet's rate. It returns nil, an
 // *UnavailableError (at once when the wait would pass r.Deadline or the

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tokencache/tokencache/internal/testwait"
 )
 
 // failPublish fails every command that would publish on the events
@@ -139,16 +140,17 @@ func TestGetAfterDeleteStartsItsOwnFetch(t *testing.T) {
 			if err := deleter.Delete(context.Background(), viewerKey); err != nil {
 				t.Fatal(err)
 			}
-			// The Delete's message reaches instance 0 within the contract's bound.
-			time.Sleep(200 * time.Millisecond)
+			// Within the contract's bound instance 0 hears of the Delete,
+			// and its fill leaves the fills that later callers join.
+			if !testwait.Until(2*time.Second, func() bool { return fleet[0].fillCallers(viewerKey) == 0 }) {
+				t.Fatal("2 s after the Delete, a Get would still join the fill begun before it")
+			}
 			after := make(chan Token, 1)
 			go func() {
 				tok, _, _ := fleet[0].Get(context.Background(), viewerKey)
 				after <- tok
 			}()
-			// Wait until the Get after the Delete has joined a fill: the
-			// first's (then 2 callers), or its own (after the Delete, 1).
-			time.Sleep(100 * time.Millisecond)
+			eventually(t, "the Get after the Delete to begin its fill", func() bool { return fleet[0].fillCallers(viewerKey) == 1 })
 			up.gate <- struct{}{} // the first fetch's call answers
 			first := <-old
 			close(up.gate) // and any other

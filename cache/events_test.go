@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/internal/testwait"
 )
 
 // Invalidations published while a subscriber reconnects are lost; the
@@ -131,16 +132,13 @@ func TestQuietSubscriptionIsKept(t *testing.T) {
 // 2 s of deletedAt, when the Delete returned.
 func goneWithin2s(t *testing.T, c *Cache, k Key, deleted string, deletedAt time.Time, round string) {
 	t.Helper()
-	bound := deletedAt.Add(2 * time.Second)
-	for {
-		tok, res, _ := c.Get(context.Background(), k)
-		if tok.Token != deleted {
-			return
-		}
-		if time.Now().After(bound) {
-			t.Fatalf("%s2s after Delete, the instance still serves the deleted token (%v; circuit %s)", round, res, c.RedisCircuit())
-		}
-		time.Sleep(20 * time.Millisecond)
+	var res Result
+	if !testwait.Until(time.Until(deletedAt.Add(2*time.Second)), func() bool {
+		var tok Token
+		tok, res, _ = c.Get(context.Background(), k)
+		return tok.Token != deleted
+	}) {
+		t.Fatalf("%s2s after Delete, the instance still serves the deleted token (%v; circuit %s)", round, res, c.RedisCircuit())
 	}
 }
 

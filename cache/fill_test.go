@@ -56,7 +56,7 @@ func TestCancelledFirstCallerDoesNotFailOthers(t *testing.T) {
 			})
 			close(done)
 		}()
-		time.Sleep(20 * time.Millisecond)
+		eventually(t, "other callers to join the fill", func() bool { return c.fillCallers(viewerKey) > 1 })
 		cancel()
 		if err := <-firstErr; !errors.Is(err, context.Canceled) {
 			t.Errorf("first caller error = %v, want context.Canceled", err)

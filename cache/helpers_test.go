@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/internal/testwait"
 	"github.com/tokencache/tokencache/polyv"
 )
 
@@ -114,6 +115,10 @@ func getInBackground(c *Cache, k Key, timeout time.Duration) <-chan error {
 // settle waits for c's stores that run after their answer, for a test that
 // reads Redis or asks another instance next.
 func settle(c *Cache) { c.storing.Wait() }
+
+// quiesce waits for all of c's work that runs after its answer: stores,
+// refreshes, and fills whose callers left. Nothing may start meanwhile.
+func quiesce(c *Cache) { c.detached.Wait() }
 
 // fetched has c fetch viewerKey's token and waits for its store: a token in
 // Redis and in c's local cache, to start a test from.
@@ -223,16 +228,11 @@ func hammer(n int, fn func(i int)) {
 	wg.Wait()
 }
 
-// eventually polls cond until it holds or a few seconds pass.
+// eventually waits up to 5 s for cond, for what comes in its own time (a
+// message, a background refresh).
 func eventually(tb testing.TB, what string, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testwait.Eventually(tb, 5*time.Second, what, cond)
 }
 
 var viewerKey = Key{ChannelID: "2094979", UserID: "1b448be323", Role: "viewer", Origin: "web"}
@@ -283,6 +283,18 @@ func (c *Cache) fillCallers(k Key) int {
 		return f.callers
 	}
 	return 0
+}
+
+// waitQueued waits until at least n fetches wait for a slot across fleet.
+func waitQueued(tb testing.TB, n int, fleet ...*Cache) {
+	tb.Helper()
+	eventually(tb, fmt.Sprint(n, " fetches to queue"), func() bool {
+		queued := 0
+		for _, c := range fleet {
+			queued += c.sched.Queued()
+		}
+		return queued >= n
+	})
 }
 
 // waitResealed waits for c's start-up pass over the stored values.

@@ -39,7 +39,7 @@ func TestTeacherSkipsTheViewerQueue(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	queueViewers(ctx, fleet, Caller{Name: "web"}, 300, nil, nil)
-	time.Sleep(500 * time.Millisecond)
+	waitQueued(t, 250, fleet...)
 	for i := range 3 {
 		start := time.Now()
 		k := Key{ChannelID: "wave", UserID: fmt.Sprint("teacher-", i), Role: "teacher"}
@@ -64,6 +64,8 @@ func TestKeyFloodLeavesOthersTheirShare(t *testing.T) {
 	defer cancel()
 	var hog, other atomic.Int64
 	queueViewers(ctx, fleet, Caller{Name: "hog"}, 300, nil, &hog) // more than 3 s of the budget
+	// A second into the flood, as the other key would come: by then each
+	// instance has measured the pace it gets (the first second shares ~43%).
 	time.Sleep(time.Second)
 	hog0 := hog.Load()
 	queueViewers(ctx, fleet, Caller{Name: "other"}, 120, fleet[0], &other)
@@ -127,7 +129,7 @@ func TestUnservableRequestRefusedAtOnce(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	queueViewers(ctx, []*Cache{c}, Caller{Name: "web"}, 60, nil, nil)
-	time.Sleep(200 * time.Millisecond)
+	waitQueued(t, 50, c)
 	dctx, dcancel := context.WithTimeout(ctx, time.Second)
 	defer dcancel()
 	start := time.Now()
@@ -291,7 +293,7 @@ func TestJoinerOfARefusedFillAsksAgain(t *testing.T) {
 		})
 	}
 	queueViewers(ctx, []*Cache{c}, Caller{Name: "web"}, 20, nil, nil) // ~2 s of fetches ahead
-	time.Sleep(200 * time.Millisecond)
+	waitQueued(t, 15, c)
 	sctx, scancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer scancel()
 	if _, _, err := c.Get(WithCaller(sctx, Caller{Name: "web"}), k); err == nil {

@@ -162,7 +162,7 @@ func TestFollowerOutlivesTheLeadersDeadline(t *testing.T) {
 				_, _, _ = fleet[1].Get(ctx, Key{ChannelID: "busy", UserID: fmt.Sprint(i), Role: "viewer"})
 			})
 		}()
-		time.Sleep(50 * time.Millisecond)
+		eventually(t, "the other instance to spend the budget", func() bool { return up.calls.Load() > 0 })
 		leaderErr := make(chan error, 1)
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
@@ -170,7 +170,7 @@ func TestFollowerOutlivesTheLeadersDeadline(t *testing.T) {
 			_, _, err := fleet[0].Get(ctx, viewerKey)
 			leaderErr <- err
 		}()
-		time.Sleep(20 * time.Millisecond)
+		eventually(t, "the leader to begin the fill, or to be refused", func() bool { return fleet[0].fillCallers(viewerKey) == 1 || len(leaderErr) > 0 })
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		tok, res, err := fleet[0].Get(ctx, viewerKey)
@@ -210,8 +210,10 @@ func TestEveryKeyUnderThePrefix(t *testing.T) {
 	up.setErr(&polyv.APIError{Code: 500, Message: "fail"})
 	clk.Add(5*time.Hour + time.Minute)
 	_, _, _ = c.Get(ctx, viewerKey) // a failed refresh: a backoff key
-	eventually(t, "the refresh to fail", func() bool { return up.calls.Load() == 2 })
-	time.Sleep(50 * time.Millisecond)
+	quiesce(c)
+	if up.calls.Load() != 2 {
+		t.Fatalf("%d Polyv calls, want 2: the fetch and the failed refresh", up.calls.Load())
+	}
 	keys, err := rdb.Keys(ctx, "*").Result()
 	if err != nil {
 		t.Fatal(err)

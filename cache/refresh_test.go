@@ -166,8 +166,7 @@ func TestDeleteDuringARefreshDropsItsToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	close(up.gate)
-	eventually(t, "the refresh to fetch", func() bool { return up.calls.Load() == 2 })
-	time.Sleep(100 * time.Millisecond) // its store, if any, has landed
+	quiesce(a) // the refresh has fetched, and stored if it would
 	for name, c := range map[string]*Cache{"a": a, "b": b} {
 		tok, res, _ := c.Get(ctx, viewerKey)
 		if tok.Token == first.Token || tok.Token == "tok-2" {

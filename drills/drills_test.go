@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokencache/tokencache/internal/testwait"
 )
 
 func TestDrillRedisKilled(t *testing.T) {
@@ -22,7 +24,7 @@ func TestDrillRedisKilled(t *testing.T) {
 
 	s.redis.Restart(t)
 	for _, n := range s.nodes {
-		eventually(t, 20*time.Second, "readyz to see Redis again", func() bool {
+		testwait.Eventually(t, 20*time.Second, "readyz to see Redis again", func() bool {
 			var r struct{ Redis, RedisCircuit string }
 			getJSON(t, n.URL+"/readyz", &r)
 			return r.Redis == "ok" && r.RedisCircuit == "closed"

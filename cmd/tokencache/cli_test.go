@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokencache/tokencache/internal/testwait"
 )
 
 // The three binaries share their command-line manners.
@@ -68,16 +70,13 @@ func TestCLIManners(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			_, errOut, code := runBin(prober, "healthcheck", "-addr", addr)
-			if code == 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s healthcheck -addr %s (%s): exit %d: %s", prober, addr, path, code, errOut)
-			}
-			time.Sleep(50 * time.Millisecond)
+		var errOut string
+		var code int
+		if !testwait.Until(5*time.Second, func() bool {
+			_, errOut, code = runBin(prober, "healthcheck", "-addr", addr)
+			return code == 0
+		}) {
+			t.Fatalf("%s healthcheck -addr %s (%s): exit %d: %s", prober, addr, path, code, errOut)
 		}
 	}
 	probe([]string{"polyvsim"}, "polyvsim", "/stats")

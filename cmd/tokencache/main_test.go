@@ -20,6 +20,7 @@ import (
 
 	"github.com/tokencache/tokencache/internal/redistest"
 	"github.com/tokencache/tokencache/internal/syncbuf"
+	"github.com/tokencache/tokencache/internal/testwait"
 	"github.com/tokencache/tokencache/polyv/polyvsim"
 )
 
@@ -37,23 +38,26 @@ func startRun(t *testing.T, args []string, env map[string]string) (url string, s
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, args, envFunc(env), stdout, stderr) }()
 	re := regexp.MustCompile(`"msg":"ready","url":"(https?://[^"]+)"`)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var early error
+	ready := testwait.Until(10*time.Second, func() bool {
 		if m := re.FindStringSubmatch(stderr.String()); m != nil {
 			url = m[1]
-			break
+			return true
 		}
 		select {
-		case err := <-done:
-			cancel()
-			t.Fatalf("run() returned early: %v\n%s", err, stderr)
+		case early = <-done:
+			return true
 		default:
+			return false
 		}
-		if time.Now().After(deadline) {
-			cancel()
-			t.Fatalf("server not ready:\n%s", stderr)
-		}
-		time.Sleep(20 * time.Millisecond)
+	})
+	switch {
+	case early != nil || ready && url == "":
+		cancel()
+		t.Fatalf("run() returned early: %v\n%s", early, stderr)
+	case !ready:
+		cancel()
+		t.Fatalf("server not ready:\n%s", stderr)
 	}
 	var once sync.Once
 	var runErr error
@@ -452,12 +456,8 @@ func TestKeysFileReload(t *testing.T) {
 		}
 	}()
 	write("new", "both")
-	deadline := time.Now().Add(10 * time.Second)
-	for status("new-key") != 200 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the new key never worked:\n%s", stderr)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if !testwait.Until(10*time.Second, func() bool { return status("new-key") == 200 }) {
+		t.Fatalf("the new key never worked:\n%s", stderr)
 	}
 	if status("old-key") != 401 {
 		t.Error("the old key still works after the reload")
@@ -493,12 +493,8 @@ func TestKeysReloadOnSIGHUP(t *testing.T) {
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for status("hup-key") != 200 {
-		if time.Now().After(deadline) {
-			t.Fatal("SIGHUP did not reload the keys")
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testwait.Until(5*time.Second, func() bool { return status("hup-key") == 200 }) {
+		t.Fatal("SIGHUP did not reload the keys")
 	}
 	if status("old-key") != 401 {
 		t.Error("the old key works after the reload")
@@ -512,12 +508,8 @@ func TestSIGHUPWithoutKeysFile(t *testing.T) {
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(stderr.String(), "SIGHUP ignored") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line for the SIGHUP:\n%s", stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testwait.Until(5*time.Second, func() bool { return strings.Contains(stderr.String(), "SIGHUP ignored") }) {
+		t.Fatalf("no log line for the SIGHUP:\n%s", stderr.String())
 	}
 	if got := tokenStatus(url, "k"); got != 200 {
 		t.Errorf("after SIGHUP the server answers %d, want 200", got)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokencache/tokencache/internal/testwait"
 )
 
 // A reload that fails keeps the keys in force and says so where an operator
@@ -46,12 +48,8 @@ func TestKeysReloadFailureIsLoud(t *testing.T) {
 	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s; /readyz config %q\n%s", what, config(), stderr)
-			}
-			time.Sleep(50 * time.Millisecond)
+		if !testwait.Until(5*time.Second, cond) {
+			t.Fatalf("timed out waiting for %s; /readyz config %q\n%s", what, config(), stderr)
 		}
 	}
 	if c := config(); c != "ok" {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tokencache/tokencache/internal/redistest"
 	"github.com/tokencache/tokencache/internal/testcerts"
+	"github.com/tokencache/tokencache/internal/testwait"
 	"github.com/tokencache/tokencache/polyv/polyvsim"
 )
 
@@ -72,19 +73,15 @@ func TestTLSListenerMTLSAndRenewal(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(3 * certCheckEvery)
-	for {
-		resp, err := httpsClient(t, certs, true).Get(url + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.TLS.PeerCertificates[0].SerialNumber.Cmp(before) != 0 {
-				break
-			}
+	if !testwait.Until(3*certCheckEvery, func() bool {
+		var resp *http.Response
+		if resp, err = httpsClient(t, certs, true).Get(url + "/healthz"); err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the renewed certificate was not served: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
+		resp.Body.Close()
+		return resp.TLS.PeerCertificates[0].SerialNumber.Cmp(before) != 0
+	}) {
+		t.Fatalf("the renewed certificate was not served: %v", err)
 	}
 }
 
