@@ -91,7 +91,10 @@ func TestCallersWhoLeftCostNothing(t *testing.T) {
 			_, _, _ = fleet[i%2].Get(ctx, Key{ChannelID: "c", UserID: fmt.Sprint(i), Role: "viewer"})
 		})
 		gone := up.calls.Load()
-		time.Sleep(2 * time.Second)
+		for _, c := range fleet {
+			eventually(t, "the queue to empty of callers who left", func() bool { return c.sched.Queued() == 0 })
+			quiesce(c)
+		}
 		if after := up.calls.Load() - gone; after != 0 {
 			t.Errorf("%d Polyv calls after every caller had left (%d before)", after, gone)
 		}
