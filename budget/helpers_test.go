@@ -2,6 +2,8 @@ package budget
 
 import (
 	"context"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -10,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/internal/testwait"
 )
 
 // backend is a Redis to run a test on.
@@ -63,6 +66,12 @@ func until(d time.Duration) func() time.Time {
 
 // flood queues n fetches of key on s in the background, each waiting until
 // ctx ends; granted counts their slots.
+// waitAllIn waits until n fetches are in s's queue or granted.
+func waitAllIn(tb testing.TB, s *Scheduler, granted *atomic.Int64, n int) {
+	tb.Helper()
+	testwait.Eventually(tb, 5*time.Second, fmt.Sprint(n, " fetches to queue"), func() bool { return s.Queued()+int(granted.Load()) >= n })
+}
+
 func flood(ctx context.Context, s *Scheduler, key string, n int, granted func()) {
 	for range n {
 		go func() {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tokencache/tokencache/internal/testwait"
 )
 
 // A host behind any number of queued viewers, on any instance, waits for a
@@ -74,8 +75,9 @@ func TestDeadlineBeyondTheQueueRefusedAtOnce(t *testing.T) {
 		s := fleetOf(t, client, 1, Options{Rate: rate})[0]
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		flood(ctx, s, "web", 50, func() {})
-		time.Sleep(100 * time.Millisecond)
+		var granted atomic.Int64
+		flood(ctx, s, "web", 50, func() { granted.Add(1) })
+		waitAllIn(t, s, &granted, 50)
 		start := time.Now()
 		err := s.Wait(ctx, Request{Key: "web", Deadline: until(time.Second)})
 		took := time.Since(start)
@@ -100,12 +102,13 @@ func TestLateInTheQueueRefusedEarly(t *testing.T) {
 		s := fleetOf(t, client, 1, Options{Rate: rate})[0]
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		flood(ctx, s, "web", 5, func() {})
-		time.Sleep(50 * time.Millisecond)
+		var granted atomic.Int64
+		flood(ctx, s, "web", 5, func() { granted.Add(1) })
+		waitAllIn(t, s, &granted, 5)
 		done := make(chan error, 1)
 		start := time.Now()
 		go func() { done <- s.Wait(ctx, Request{Key: "web", Deadline: until(3 * time.Second)}) }()
-		time.Sleep(50 * time.Millisecond)
+		testwait.Eventually(t, 5*time.Second, "the fetch to queue", func() bool { return s.Queued()+int(granted.Load()) == 6 || len(done) > 0 })
 		for range 40 {
 			go func() { _ = s.Wait(ctx, Request{Key: "app", Class: ClassHost}) }()
 		}
@@ -125,7 +128,7 @@ func TestLeavingFreesTheTurn(t *testing.T) {
 	var granted atomic.Int64
 	left, leave := context.WithCancel(ctx)
 	flood(left, s, "gone", 30, func() { granted.Add(1) })
-	time.Sleep(100 * time.Millisecond)
+	waitAllIn(t, s, &granted, 30)
 	leave()
 	start := time.Now()
 	if err := s.Wait(ctx, Request{Key: "web"}); err != nil {
@@ -184,4 +187,18 @@ func TestCloseRacesTheFirstWait(t *testing.T) {
 		s.Close()
 		wg.Wait()
 	}
+}
+
+// Queued counts the fetches waiting, and no longer those whose callers left.
+func TestQueuedCountsTheWaiting(t *testing.T) {
+	s := fleetOf(t, backends()[0].open(t), 1, Options{Rate: 1})[0]
+	ctx, cancel := context.WithCancel(context.Background())
+	var granted atomic.Int64
+	flood(ctx, s, "web", 20, func() { granted.Add(1) })
+	testwait.Eventually(t, 5*time.Second, "the flood to queue", func() bool { return s.Queued()+int(granted.Load()) == 20 })
+	if s.Queued() < 15 {
+		t.Errorf("Queued() = %d with 20 fetches asked at 1/s, want most of them", s.Queued())
+	}
+	cancel()
+	testwait.Eventually(t, 5*time.Second, "the queue to empty", func() bool { return s.Queued() == 0 })
 }
