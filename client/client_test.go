@@ -21,6 +21,7 @@ import (
 	"github.com/tokencache/tokencache/cache"
 	"github.com/tokencache/tokencache/client"
 	"github.com/tokencache/tokencache/httpapi"
+	"github.com/tokencache/tokencache/internal/testwait"
 	"github.com/tokencache/tokencache/polyv"
 	"github.com/tokencache/tokencache/polyv/polyvsim"
 )
@@ -273,9 +274,7 @@ func TestDeleteWinsOverAFetchUnderWay(t *testing.T) {
 		tok, _ := c.ChatToken(ctx, viewer)
 		first <- tok.Token
 	}()
-	for gets.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	testwait.Eventually(t, 5*time.Second, "the fetch to reach the server", func() bool { return gets.Load() > 0 })
 	if err := c.DeleteChatToken(ctx, viewer); err != nil {
 		t.Fatal(err)
 	}

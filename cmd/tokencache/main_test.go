@@ -126,12 +126,13 @@ func TestEndToEnd(t *testing.T) {
 
 	// Graceful shutdown: a request in flight when the signal comes finishes.
 	sim.Sim.SetLatency(500 * time.Millisecond)
+	called := sim.Sim.Stats().Calls["get-chat-token"]
 	inflight := make(chan int, 1)
 	go func() {
 		resp, _ := get("/v1/channels/2094979/chat-token?userId=slow&role=viewer", "k1")
 		inflight <- resp.StatusCode
 	}()
-	time.Sleep(150 * time.Millisecond)
+	testwait.Eventually(t, 5*time.Second, "the request to reach Polyv", func() bool { return sim.Sim.Stats().Calls["get-chat-token"] > called })
 	if err := stop(); err != nil {
 		t.Fatalf("run() = %v", err)
 	}
@@ -328,17 +329,13 @@ func TestRedisDeployments(t *testing.T) {
 			}
 			// The store lands just after the answer; then, with the local
 			// cache off, every GET is a Redis hit.
-			for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
-				code, status := get()
-				if code != 200 {
-					t.Fatalf("GET = %d %q", code, status)
-				}
-				if status == "tokencache; hit" {
-					break
-				}
-				if time.Since(start) > 2*time.Second {
-					t.Fatalf("no Redis hit in 2 s; the last GET was %q", status)
-				}
+			var code int
+			var status string
+			if !testwait.Until(2*time.Second, func() bool {
+				code, status = get()
+				return code != 200 || status == "tokencache; hit"
+			}) || code != 200 {
+				t.Fatalf("no Redis hit in 2 s; the last GET was %d %q", code, status)
 			}
 			if n := sim.Sim.Stats().Calls["get-chat-token"]; n != 1 {
 				t.Errorf("Polyv calls = %d, want 1", n)
