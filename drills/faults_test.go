@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/internal/testwait"
 )
 
 // tokenCall sends one chat-token request for user to node and returns the
@@ -52,18 +53,16 @@ func deleteRounds(s *stack, disturb func() error) (time.Duration, error) {
 			return 0, err
 		}
 		deleted := time.Now()
-		for {
-			tok, err := tokenCall(http.MethodGet, s.nodes[1].URL, user)
-			if err != nil {
-				return 0, err
-			}
-			if tok != old {
-				break
-			}
-			if time.Since(deleted) > 2*time.Second {
-				return 0, fmt.Errorf("round %d: the other instance serves the deleted token 2 s after DELETE", i)
-			}
-			time.Sleep(20 * time.Millisecond)
+		var tok string
+		gone := testwait.Until(2*time.Second, func() bool {
+			tok, err = tokenCall(http.MethodGet, s.nodes[1].URL, user)
+			return err != nil || tok != old
+		})
+		if err != nil {
+			return 0, err
+		}
+		if !gone {
+			return 0, fmt.Errorf("round %d: the other instance serves the deleted token 2 s after DELETE", i)
 		}
 		slowest = max(slowest, time.Since(deleted))
 	}

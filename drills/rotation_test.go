@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokencache/tokencache/internal/testwait"
 )
 
 // TestDrillKeyRotation rolls a whole encryption-key rotation across two
@@ -84,18 +86,17 @@ func deleteOnBoth(s *stack, i int, user string) (time.Duration, error) {
 	}
 	deleted := time.Now()
 	for _, n := range s.nodes {
-		for {
-			tok, err := tokenCall(http.MethodGet, n.URL, user)
-			if err != nil {
-				return 0, err
-			}
-			if tok != old && tok != "" {
-				break
-			}
-			if time.Since(deleted) > 2*time.Second {
-				return 0, fmt.Errorf("%s: %s serves the deleted token 2 s after DELETE", user, n.URL)
-			}
-			time.Sleep(20 * time.Millisecond)
+		var tok string
+		var err error
+		gone := testwait.Until(time.Until(deleted.Add(2*time.Second)), func() bool {
+			tok, err = tokenCall(http.MethodGet, n.URL, user)
+			return err != nil || tok != old && tok != ""
+		})
+		if err != nil {
+			return 0, err
+		}
+		if !gone {
+			return 0, fmt.Errorf("%s: %s serves the deleted token 2 s after DELETE", user, n.URL)
 		}
 	}
 	return time.Since(deleted), nil
