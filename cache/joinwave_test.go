@@ -240,7 +240,7 @@ func TestPolyvCooldownFleetWide(t *testing.T) {
 		}
 
 		time.Sleep(cooldown) // over: one probe, refused again
-		expire(cooldown)
+		b.catchUp(expire, cooldown)
 		hammer(30, func(i int) { _ = get(fleet[i%3], fmt.Sprint("probe-", i)) })
 		if calls := up.calls.Load(); calls != 2 {
 			t.Fatalf("%d Polyv calls after the cool-down, want 1 probe", calls-1)
@@ -252,7 +252,7 @@ func TestPolyvCooldownFleetWide(t *testing.T) {
 
 		up.setErr(nil)
 		time.Sleep(left + 50*time.Millisecond)
-		expire(left + time.Second) // miniredis: its clock stood still meanwhile, so its TTL is longer than left
+		b.catchUp(expire, left+time.Second) // miniredis's clock stood still since the refusal: its TTL is longer than left
 		hammer(30, func(i int) {
 			if err := get(fleet[i%3], fmt.Sprint("after-", i)); err != nil {
 				if _, ok := isCooldown(err); !ok {

@@ -22,9 +22,10 @@ func TestFleetRateLimit(t *testing.T) {
 		opts := testOptions(func(o *Options) { o.RateLimit = limit; o.FillTimeout = 15 * time.Second })
 		fleet := newFleet(t, rdb, up, 3, &opts)
 
-		// 90 distinct misses across the fleet, each willing to wait 10s.
+		// 60 distinct misses across the fleet (3 s at the limit), each
+		// willing to wait 10 s.
 		var failures atomic.Int64
-		hammer(90, func(i int) {
+		hammer(60, func(i int) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			if _, _, err := fleet[i%3].Get(ctx, Key{ChannelID: "c", UserID: fmt.Sprint(i), Role: "viewer"}); err != nil {

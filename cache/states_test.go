@@ -82,8 +82,8 @@ func TestFailedRefreshKeepsServingAndBacksOff(t *testing.T) {
 
 		// After the backoff, a hit retries, and the retry succeeds.
 		up.setErr(nil)
-		expire(opts.RefreshBackoff)
 		time.Sleep(opts.RefreshBackoff)
+		b.catchUp(expire, opts.RefreshBackoff)
 		eventually(t, "a successful retry", func() bool {
 			tok, _, _ := fleet[1].Get(ctx, viewerKey)
 			return tok.Token != first.Token
