@@ -136,7 +136,7 @@ func New(rdb Redis, upstream Upstream, opts Options) (*Cache, error) {
 		c.local = otter.Must(&otter.Options[string, entry]{MaximumSize: opts.LocalSize})
 	}
 	c.refreshGate = otter.Must(&otter.Options[string, refreshState]{MaximumSize: 10000})
-	c.gets = &getBatcher{rdb: rdb, timeout: 2 * time.Second}
+	c.gets = &getBatcher{rdb: rdb, timeout: batchTimeout}
 	// A key another instance changed is dropped here, and so is its fill
 	// under way: a Get after a Delete must not join a fetch begun before it.
 	forget := func(key string, deleted bool) {
@@ -366,6 +366,10 @@ var errNamesUnknown = errors.New("the fleet's name key is not read yet")
 // deleteTimeout bounds a Delete's Redis work, which runs whatever its
 // caller does.
 const deleteTimeout = 2 * time.Second
+
+// batchTimeout bounds one batched GET; each caller also leaves on its own
+// context.
+const batchTimeout = 2 * time.Second
 
 // Ready reports whether Redis answers.
 func (c *Cache) Ready(ctx context.Context) error {

@@ -42,6 +42,10 @@ const (
 	silentAfter = 3 * pingEvery
 )
 
+// subscribeWait bounds the wait at start for the subscription to be in
+// place.
+const subscribeWait = 2 * time.Second
+
 // start subscribes and dispatches messages until ctx ends. go-redis
 // resubscribes by itself after a connection fails with an error; the
 // listener replaces a connection that went silent.
@@ -49,7 +53,7 @@ func (ev *events) start(ctx context.Context, rdb Redis, bg *sync.WaitGroup) {
 	ps := rdb.Subscribe(ctx, ev.channel)
 	// Wait briefly for the subscription, so that messages sent right after
 	// New returns are not missed; a dead Redis must not block start-up.
-	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, subscribeWait)
 	_, _ = ps.Receive(rctx)
 	cancel()
 	bg.Add(1)
