@@ -57,3 +57,34 @@ func hasAnchor(markdown, a string) bool {
 	}
 	return false
 }
+
+// Every test the docs name as holding an invariant exists (a name ending in
+// "*" stands for the tests it begins).
+func TestDocsNameRealTests(t *testing.T) {
+	var sources strings.Builder
+	_ = filepath.WalkDir("../..", func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(path, "_test.go") {
+			b, _ := os.ReadFile(path)
+			sources.Write(b)
+		}
+		return nil
+	})
+	files, _ := filepath.Glob("../../docs/*.md")
+	files = append(files, "../../README.md")
+	named := regexp.MustCompile("`(Test[A-Z][A-Za-z0-9]*)(\\*?)`")
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range named.FindAllStringSubmatch(string(b), -1) {
+			decl := "func " + m[1]
+			if m[2] == "" {
+				decl += "("
+			}
+			if !strings.Contains(sources.String(), decl) {
+				t.Errorf("%s names %s%s, which no test file declares", f, m[1], m[2])
+			}
+		}
+	}
+}
