@@ -64,14 +64,14 @@ func until(d time.Duration) func() time.Time {
 	return func() time.Time { return t }
 }
 
-// flood queues n fetches of key on s in the background, each waiting until
-// ctx ends; granted counts their slots.
 // waitAllIn waits until n fetches are in s's queue or granted.
 func waitAllIn(tb testing.TB, s *Scheduler, granted *atomic.Int64, n int) {
 	tb.Helper()
 	testwait.Eventually(tb, 5*time.Second, fmt.Sprint(n, " fetches to queue"), func() bool { return s.Queued()+int(granted.Load()) >= n })
 }
 
+// flood queues n fetches of key on s in the background, each waiting until
+// ctx ends; granted counts their slots.
 func flood(ctx context.Context, s *Scheduler, key string, n int, granted func()) {
 	for range n {
 		go func() {

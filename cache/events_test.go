@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
+
 	"github.com/tokencache/tokencache/internal/redistest"
 	"github.com/tokencache/tokencache/internal/testwait"
 )

@@ -38,6 +38,7 @@ func startRun(t *testing.T, args []string, env map[string]string) (url string, s
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, args, envFunc(env), stdout, stderr) }()
 	re := regexp.MustCompile(`"msg":"ready","url":"(https?://[^"]+)"`)
+	var returned bool
 	var early error
 	ready := testwait.Until(10*time.Second, func() bool {
 		if m := re.FindStringSubmatch(stderr.String()); m != nil {
@@ -46,18 +47,14 @@ func startRun(t *testing.T, args []string, env map[string]string) (url string, s
 		}
 		select {
 		case early = <-done:
-			return true
+			returned = true
 		default:
-			return false
 		}
+		return returned
 	})
-	switch {
-	case early != nil || ready && url == "":
+	if returned || !ready {
 		cancel()
-		t.Fatalf("run() returned early: %v\n%s", early, stderr)
-	case !ready:
-		cancel()
-		t.Fatalf("server not ready:\n%s", stderr)
+		t.Fatalf("run() returned early (%v) or was not ready in 10 s:\n%s", early, stderr)
 	}
 	var once sync.Once
 	var runErr error

@@ -75,7 +75,8 @@ func New(keys []Key) (*Sealer, error) {
 // SealingID is the id of the key that seals.
 func (s *Sealer) SealingID() string { return s.sealID }
 
-// IDs lists the configured key ids in order, the sealing one first.
+// IDs lists the configured key ids in order, the sealing one first. The
+// slice is the Sealer's own: callers must not change it.
 func (s *Sealer) IDs() []string { return s.ids }
 
 // SameBytes describes each id whose key repeats an earlier id's bytes.
