@@ -20,9 +20,9 @@ build: ## build the three binaries into bin/
 run: ## start the service in demo mode: embedded Redis and Polyv simulator; API key local-dev-key unless TOKENCACHE_API_KEYS or TOKENCACHE_API_KEYS_FILE is set
 	if [ -z "$${TOKENCACHE_API_KEYS_FILE:-}" ]; then export TOKENCACHE_API_KEYS=$${TOKENCACHE_API_KEYS:-local-dev-key}; fi; $(GO) run ./cmd/tokencache -demo
 
+# The two longest packages go first, so that they run side by side.
 .PHONY: test
 test: ## run every test with the race detector (needs redis-server on PATH)
-	# The two longest packages first, so that they run side by side.
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./drills ./cache ./...
 
 .PHONY: lint
